@@ -1,0 +1,69 @@
+"""Execute every course notebook in order with papermill and print a summary table.
+
+    python scripts/run_course.py --profile course   # what `make course` runs
+    python scripts/run_course.py --profile smoke    # quick pass (what the tests run)
+
+Executed copies go to outputs/executed/, each notebook's figures and results.json to
+outputs/<notebook>/ (both git-ignored). Stops at the first failing notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import papermill as pm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(profile: str, device: str, only: list[str]) -> int:
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
+    if not notebooks:
+        print("no notebooks to run", file=sys.stderr)
+        return 1
+    executed = ROOT / "outputs" / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for i, nb in enumerate(notebooks, 1):
+        print(f"[{i}/{len(notebooks)}] {nb.name} (profile={profile}, device={device}) ...", flush=True)
+        start = time.perf_counter()
+        pm.execute_notebook(
+            str(nb),
+            str(executed / nb.name),
+            parameters={"PROFILE": profile, "DEVICE": device},
+            cwd=str(ROOT),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+        seconds = time.perf_counter() - start
+        results_path = ROOT / "outputs" / nb.stem / "results.json"
+        headline = json.loads(results_path.read_text()).get("headline", {}) if results_path.exists() else {}
+        print(f"    done in {seconds:.0f} s", flush=True)
+        summary.append((nb.stem, seconds, headline))
+
+    print(f"\nSummary ({profile} profile)")
+    print(f"{'notebook':<28} {'seconds':>8}  key results")
+    for stem, seconds, headline in summary:
+        key = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in headline.items())
+        print(f"{stem:<28} {seconds:>8.0f}  {key}")
+    print(f"{'total':<28} {sum(s for _, s, _ in summary):>8.0f}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="course", choices=["smoke", "course", "paper"])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--only", nargs="*", default=[], help="notebook prefixes, e.g. 01 03")
+    args = parser.parse_args()
+    return run(args.profile, args.device, args.only)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

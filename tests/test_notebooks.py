@@ -1,0 +1,41 @@
+"""Execute every notebook top to bottom in the smoke profile and check what it recorded."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _numbers(value: object) -> list[float]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_profile(path: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / path.stem
+    pm.execute_notebook(
+        str(path),
+        str(tmp_path / path.name),
+        parameters={"PROFILE": "smoke", "DEVICE": "cpu", "OUT_DIR": str(out_dir)},
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["profile"] == "smoke"
+    assert results["headline"], "results.json needs a non-empty headline"
+    values = _numbers(results)
+    assert values and all(math.isfinite(v) for v in values)
+    assert list(out_dir.glob("*.png")), "each notebook saves its figures as PNG"
