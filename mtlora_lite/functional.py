@@ -50,7 +50,8 @@ class _FusedLoRALinear(torch.autograd.Function):
                 y0_u = torch.addmm(F.pad(bias, (0, rank)).to(dtype), x2, stacked.t())
             y0, u = y0_u.split([out_f, rank], dim=1)  # (N, out), (N, r)
             y = torch.addmm(y0, u, lora_B.to(dtype).t(), alpha=scaling)  # (N, out)
-        ctx.save_for_backward(x2, u, weight, lora_A, lora_B)
+        # u.clone(): a view would keep the whole (N, out + r) GEMM output alive until backward
+        ctx.save_for_backward(x2, u.clone(), weight, lora_A, lora_B)
         ctx.scaling, ctx.dtype, ctx.x_shape, ctx.x_dtype = scaling, dtype, x.shape, x.dtype
         return y.reshape(*x.shape[:-1], out_f)
 

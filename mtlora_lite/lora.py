@@ -58,6 +58,11 @@ class AdapterLayer(nn.Module):
         """JSON-serialisable hyper-parameters; saved with the weights and checked on load."""
         return {"type": type(self).__name__}
 
+    @property
+    def mergeable(self) -> bool:
+        """Whether the update is one fixed matrix (False when it depends on the input)."""
+        return True
+
     def delta_weight(self) -> Tensor:
         """The dense (out, in) update that ``merge`` adds to the base weight."""
         raise NotImplementedError(f"{type(self).__name__} cannot be merged into one weight")
@@ -300,6 +305,12 @@ def merge_adapters(model: nn.Module) -> int:
     layers = adapter_layers(model)
     if any(a.merged for a in layers.values()):
         raise RuntimeError("some adapters are already merged; call unmerge_adapters() first")
+    fixed = [n for n, a in layers.items() if not a.mergeable]
+    if fixed:  # check all before touching any weight, so a failure never leaves a half-merged model
+        raise RuntimeError(
+            f"{len(fixed)} adapter(s) cannot be merged because their update depends on the input, "
+            f"e.g. {fixed[0]!r}; nothing was merged"
+        )
     for a in layers.values():
         a.merge()
     return len(layers)

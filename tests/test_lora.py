@@ -231,3 +231,18 @@ def test_timm_models(name: str, expected: int) -> None:
         ref = model(x)
         merge_adapters(model)
         torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_refuses_before_touching_any_weight() -> None:
+    from mtlora_lite.multihead import inject_multihead_lora
+
+    model = TinyNet()
+    inject_lora(model, ["qkv"], rank=2)
+    inject_multihead_lora(model, ["proj"], n_heads=2, rank=2)  # routed: input-dependent update
+    qkv = model.block["qkv"]
+    nn.init.normal_(qkv.lora_B)
+    w0 = qkv.base_layer.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="nothing was merged"):
+        merge_adapters(model)
+    assert not qkv.merged
+    assert torch.equal(qkv.base_layer.weight, w0)
