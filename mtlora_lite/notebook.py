@@ -72,7 +72,9 @@ def format_table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
     if not rows:
         return "(no rows)"
     cols = list(rows[0])
-    cells = [[f"{r[c]:{floatfmt}}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    cells = [
+        [f"{r[c]:{floatfmt}}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows
+    ]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     head = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
     rule = "  ".join("-" * w for w in widths)

@@ -31,7 +31,9 @@ def run(profile: str, device: str, only: list[str]) -> int:
     executed.mkdir(parents=True, exist_ok=True)
     summary = []
     for i, nb in enumerate(notebooks, 1):
-        print(f"[{i}/{len(notebooks)}] {nb.name} (profile={profile}, device={device}) ...", flush=True)
+        print(
+            f"[{i}/{len(notebooks)}] {nb.name} (profile={profile}, device={device}) ...", flush=True
+        )
         start = time.perf_counter()
         pm.execute_notebook(
             str(nb),
@@ -43,21 +45,29 @@ def run(profile: str, device: str, only: list[str]) -> int:
         )
         seconds = time.perf_counter() - start
         results_path = ROOT / "outputs" / nb.stem / "results.json"
-        headline = json.loads(results_path.read_text()).get("headline", {}) if results_path.exists() else {}
+        headline = (
+            json.loads(results_path.read_text()).get("headline", {})
+            if results_path.exists()
+            else {}
+        )
         print(f"    done in {seconds:.0f} s", flush=True)
         summary.append((nb.stem, seconds, headline))
 
     print(f"\nSummary ({profile} profile)")
     print(f"{'notebook':<28} {'seconds':>8}  key results")
     for stem, seconds, headline in summary:
-        key = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in headline.items())
+        key = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in headline.items()
+        )
         print(f"{stem:<28} {seconds:>8.0f}  {key}")
     print(f"{'total':<28} {sum(s for _, s, _ in summary):>8.0f}")
     return 0
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="course", choices=["smoke", "course", "paper"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--only", nargs="*", default=[], help="notebook prefixes, e.g. 01 03")

@@ -20,7 +20,9 @@ def test_environment_yml_mirrors_pyproject() -> None:
     pip_lists = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
     assert len(pip_lists) == 1, "environment.yml needs exactly one pip section"
     listed = {r for r in pip_lists[0] if not r.startswith("-e")}
-    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    assert listed == wanted, (
+        f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    )
     assert "-e ." in pip_lists[0], "environment.yml must install the package itself"
 
 
@@ -50,7 +52,9 @@ def test_notebook_is_clean_and_parameterised(path: Path) -> None:
         assert cell.get("execution_count") is None, "notebooks are stored without execution counts"
         assert "sys.path" not in "".join(cell["source"]), "import the installed package instead"
     first = code[0]
-    assert "parameters" in first.get("metadata", {}).get("tags", []), "first code cell must be tagged"
+    assert "parameters" in first.get("metadata", {}).get("tags", []), (
+        "first code cell must be tagged"
+    )
     source = "".join(first["source"])
     for name in ("PROFILE", "SEED", "DEVICE"):
         assert f"{name} =" in source, f"parameters cell must define {name}"
