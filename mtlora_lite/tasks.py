@@ -1,0 +1,320 @@
+"""Tasks: losses, streaming metrics and Delta_m for the scene tasks of ``mtlora_lite.data``.
+
+Predictions and targets (B = batch; dense predictions are at the input resolution H x W):
+
+========== ================= ======================= ============================================
+task       prediction        target                  loss; metrics (primary first)
+========== ================= ======================= ============================================
+semseg,    (B, C, H, W)      (B, H, W) int64         cross-entropy; "mIoU", "pixel_acc"
+parts      logits
+saliency   (B, 1, H, W)      (B, H, W) {0, 1}        BCE with logits; "maxF", "IoU"
+normals    (B, 3, H, W)      (B, 3, H, W), zero =    L1 of the L2-normalised prediction on valid
+                             invalid                 pixels; "mean_angle", "rmse_angle",
+                                                     "median_angle", "within_11.25" (degrees / %)
+depth      (B, 1, H, W)      (B, H, W), 0 = invalid  L1 on valid pixels; "rmse", "mae"
+edges      (B, 1, H, W)      (B, H, W) {0, 1}        BCE, positives weighted by #neg / #pos of
+                                                     the batch; "odsF", "IoU"
+count,     (B, C) logits     (B,) int64              cross-entropy; "acc"
+shape,
+colour
+answer     (B, A) logits     (B, 2) int64:           cross-entropy on the answer; "acc" and
+                             [answer, task]          "acc/<task>" per mixture task
+========== ================= ======================= ============================================
+
+All metrics are in percent except the normals' angles (degrees) and the depth errors, and are
+accumulated over the whole evaluation set:
+* mIoU: one confusion matrix over all pixels; IoU per class (background included) averaged over
+  the classes whose union (ground truth or prediction) is non-empty.
+* maxF / odsF / IoU for saliency and edges: true/false positives counted per threshold in
+  ``THRESHOLDS`` over the whole set, then the best threshold is taken. maxF uses beta^2 = 0.3
+  as in the multi-task literature; odsF (edges) uses beta^2 = 1 with exact pixel matching (no
+  distance tolerance, unlike the BSDS benchmark).
+* median_angle is read from a histogram with ``ANGLE_BIN`` degree bins.
+* "answer": a prediction is right only if its argmax over the whole union answer space is the
+  true answer, so the model must also recognise the task from its cue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtlora_lite.data import MIXTURE_TASKS, mixture_layout
+from mtlora_lite.scenes import DENSE_TASKS, DOWNSTREAM, IMAGE_TASKS, SceneConfig, class_names
+
+THRESHOLDS = torch.linspace(0.05, 0.95, 19)  # probability thresholds for saliency and edges
+ANGLE_BIN = 0.1  # degrees per histogram bin for the median angular error
+
+
+class Metric(Protocol):
+    """A streaming metric: ``update`` once per batch, ``compute`` at the end."""
+
+    def update(self, pred: Tensor, target: Tensor) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+def _empty(metric: object) -> RuntimeError:
+    return RuntimeError(
+        f"{type(metric).__name__}.compute() before any update(): evaluate on data first"
+    )
+
+
+class ConfusionMetric:
+    """Segmentation: "mIoU" (classes with an empty union are left out) and "pixel_acc", in %."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)  # [truth, predicted]
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        c = len(self.matrix)
+        keep = (target >= 0) & (target < c)  # other labels (e.g. 255) are ignored
+        index = target[keep] * c + pred.argmax(1)[keep]
+        self.matrix += torch.bincount(index, minlength=c * c).view(c, c).cpu()
+
+    def compute(self) -> dict[str, float]:
+        if self.matrix.sum() == 0:
+            raise _empty(self)
+        tp = self.matrix.diag().double()
+        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        iou = tp[union > 0] / union[union > 0]
+        return {
+            "mIoU": 100 * iou.mean().item(),
+            "pixel_acc": 100 * (tp.sum() / self.matrix.sum()).item(),
+        }
+
+
+class AccuracyMetric:
+    """Top-1 accuracy "acc" in %. With ``groups``, targets are (B, 2) [label, group index] and
+    the accuracy of each group is added as "acc/<group>" (nan for a group never seen)."""
+
+    def __init__(self, groups: Sequence[str] = ()) -> None:
+        self.groups = list(groups)
+        self.correct = torch.zeros(max(1, len(self.groups)), dtype=torch.long)
+        self.total = torch.zeros_like(self.correct)
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        label, group = (
+            (target[:, 0], target[:, 1]) if self.groups else (target, torch.zeros_like(target))
+        )
+        hit = pred.argmax(1) == label
+        self.correct += torch.bincount(group[hit], minlength=len(self.correct)).cpu()
+        self.total += torch.bincount(group, minlength=len(self.total)).cpu()
+
+    def compute(self) -> dict[str, float]:
+        if self.total.sum() == 0:
+            raise _empty(self)
+        out = {"acc": 100 * self.correct.sum().item() / self.total.sum().item()}
+        for k, name in enumerate(self.groups):
+            seen = self.total[k].item()
+            out[f"acc/{name}"] = 100 * self.correct[k].item() / seen if seen else math.nan
+        return out
+
+
+class ThresholdMetric:
+    """Binary maps scored at every threshold in ``THRESHOLDS``: the best F-measure (named
+    ``f_name``, with ``beta2``) and the best foreground IoU over thresholds, in %."""
+
+    def __init__(self, beta2: float, f_name: str) -> None:
+        self.beta2, self.f_name = beta2, f_name
+        self.hist = torch.zeros(2, len(THRESHOLDS) + 1, dtype=torch.long)  # [negatives, positives]
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        above = torch.bucketize(torch.sigmoid(pred[:, 0]), THRESHOLDS.to(pred.device), right=True)
+        # above = number of thresholds <= probability; row = ground truth
+        index = (target > 0.5).long() * self.hist.shape[1] + above
+        self.hist += (
+            torch.bincount(index.flatten(), minlength=self.hist.numel()).view_as(self.hist).cpu()
+        )
+
+    def compute(self) -> dict[str, float]:
+        if self.hist.sum() == 0:
+            raise _empty(self)
+        # pixels predicted positive at each threshold, for negatives (row 0) and positives (row 1)
+        at_least = self.hist.flip(1).cumsum(1).flip(1)[:, 1:].double()
+        tp, fp = at_least[1], at_least[0]
+        fn = self.hist[1].sum() - tp
+        precision = torch.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = torch.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        denom = self.beta2 * precision + recall
+        f = torch.where(denom > 0, (1 + self.beta2) * precision * recall / denom, 0.0)
+        iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn), 0.0)
+        return {self.f_name: 100 * f.max().item(), "IoU": 100 * iou.max().item()}
+
+
+class NormalsMetric:
+    """Angular error in degrees between the normalised prediction and valid (non-zero) targets."""
+
+    def __init__(self) -> None:
+        self.hist = torch.zeros(round(180 / ANGLE_BIN), dtype=torch.long)
+        self.sum = self.sum_sq = 0.0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        valid = target.norm(dim=1) > 0.5
+        cos = (F.normalize(pred, dim=1) * target).sum(1)[valid].clamp(-1, 1)
+        angle = torch.rad2deg(torch.acos(cos))
+        self.sum += angle.sum().item()
+        self.sum_sq += angle.square().sum().item()
+        bins = (angle / ANGLE_BIN).long().clamp(max=len(self.hist) - 1)
+        self.hist += torch.bincount(bins, minlength=len(self.hist)).cpu()
+
+    def compute(self) -> dict[str, float]:
+        n = self.hist.sum().item()
+        if n == 0:
+            raise _empty(self)
+        median_bin = int((self.hist.cumsum(0) >= n / 2).nonzero()[0])
+        return {
+            "mean_angle": self.sum / n,
+            "rmse_angle": math.sqrt(self.sum_sq / n),
+            "median_angle": (median_bin + 0.5) * ANGLE_BIN,
+            "within_11.25": 100 * self.hist[: round(11.25 / ANGLE_BIN)].sum().item() / n,
+        }
+
+
+class DepthMetric:
+    """Root-mean-square ("rmse") and mean absolute ("mae") error over pixels with target > 0."""
+
+    def __init__(self) -> None:
+        self.sum_abs = self.sum_sq = 0.0
+        self.count = 0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        valid = target > 0
+        err = (pred[:, 0] - target)[valid]
+        self.sum_abs += err.abs().sum().item()
+        self.sum_sq += err.square().sum().item()
+        self.count += int(valid.sum())
+
+    def compute(self) -> dict[str, float]:
+        if self.count == 0:
+            raise _empty(self)
+        return {"rmse": math.sqrt(self.sum_sq / self.count), "mae": self.sum_abs / self.count}
+
+
+def _normals_loss(pred: Tensor, target: Tensor) -> Tensor:
+    valid = (target.norm(dim=1) > 0.5).unsqueeze(1)
+    diff = (F.normalize(pred, dim=1) - target).abs() * valid
+    return diff.sum() / (3 * valid.sum()).clamp_min(1)
+
+
+def _depth_loss(pred: Tensor, target: Tensor) -> Tensor:
+    valid = target > 0
+    return ((pred[:, 0] - target).abs() * valid).sum() / valid.sum().clamp_min(1)
+
+
+def _saliency_loss(pred: Tensor, target: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(pred[:, 0], target)
+
+
+def _answer_loss(pred: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(pred, target[:, 0])
+
+
+def _edge_loss(pred: Tensor, target: Tensor) -> Tensor:
+    pos = target.sum()
+    pos_weight = (target.numel() - pos) / pos.clamp_min(1)
+    return F.binary_cross_entropy_with_logits(pred[:, 0], target, pos_weight=pos_weight)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: its head size, loss and metric. ``primary`` is the metric used for Delta_m."""
+
+    name: str
+    # "segmentation", "saliency", "normals", "depth", "edges", "classification" or "mixture"
+    kind: str
+    out_channels: int
+    dense: bool
+    primary: str
+    higher_is_better: bool
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = field(repr=False)
+    metric_factory: Callable[[], Metric] = field(repr=False)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Scalar loss of ``pred`` (B, out_channels, ...) against ``target`` (see module doc)."""
+        wanted = "(B, C, H, W) at the input resolution" if self.dense else "(B, C)"
+        dense_ok = pred.ndim == 4 and pred.shape[-2:] == target.shape[-2:]
+        if not (dense_ok if self.dense else pred.ndim == 2) or pred.shape[1] != self.out_channels:
+            raise ValueError(
+                f"task {self.name!r} wants predictions {wanted} with C = {self.out_channels}, "
+                f"got {tuple(pred.shape)} for targets {tuple(target.shape)}: fix the head"
+            )
+        return self.loss_fn(pred, target)
+
+    def new_metric(self) -> Metric:
+        """A fresh streaming metric for one evaluation."""
+        return self.metric_factory()
+
+
+TASK_NAMES = (*DENSE_TASKS, *IMAGE_TASKS, "answer")
+
+
+def _make_task(name: str, config: SceneConfig, mixture_tasks: Sequence[str]) -> Task:
+    if name in ("semseg", "parts"):
+        c = len(class_names(config, name))
+        miou = partial(ConfusionMetric, c)
+        return Task(name, "segmentation", c, True, "mIoU", True, F.cross_entropy, miou)
+    if name == "saliency":
+        max_f = partial(ThresholdMetric, 0.3, "maxF")
+        return Task(name, "saliency", 1, True, "maxF", True, _saliency_loss, max_f)
+    if name == "normals":
+        return Task(name, "normals", 3, True, "mean_angle", False, _normals_loss, NormalsMetric)
+    if name == "depth":
+        return Task(name, "depth", 1, True, "rmse", False, _depth_loss, DepthMetric)
+    if name == "edges":
+        ods_f = partial(ThresholdMetric, 1.0, "odsF")
+        return Task(name, "edges", 1, True, "odsF", True, _edge_loss, ods_f)
+    if name == "answer":
+        a = sum(n for _, n in mixture_layout(mixture_tasks, config).values())
+        per_task = partial(AccuracyMetric, list(mixture_tasks))
+        return Task(name, "mixture", a, False, "acc", True, _answer_loss, per_task)
+    c = len(class_names(config, name))
+    return Task(name, "classification", c, False, "acc", True, F.cross_entropy, AccuracyMetric)
+
+
+def build_tasks(
+    names: Sequence[str],
+    config: SceneConfig = DOWNSTREAM,
+    mixture_tasks: Sequence[str] = MIXTURE_TASKS,
+) -> dict[str, Task]:
+    """The tasks ``names`` for scenes drawn with ``config``, keyed by name, in the given order.
+
+    ``mixture_tasks`` sets the union answer space of the "answer" task (see ``mixture_layout``).
+    """
+    unknown = [n for n in names if n not in TASK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
+    return {name: _make_task(name, config, mixture_tasks) for name in names}
+
+
+def primary_metrics(
+    metrics: Mapping[str, Mapping[str, float]], tasks: Mapping[str, Task]
+) -> dict[str, float]:
+    """{task: {metric: value}} (as from an evaluation) -> {task: value of its primary metric}."""
+    return {name: metrics[name][task.primary] for name, task in tasks.items()}
+
+
+def delta_m(
+    multi: Mapping[str, float], single: Mapping[str, float], higher_is_better: Mapping[str, bool]
+) -> float:
+    """Delta_m in %: mean over tasks of (-1)^l_t (M_mt,t - M_st,t) / M_st,t * 100, l_t = 1 where
+    lower is better (Maninis et al. 2019). Positive = the multi-task model is better on average."""
+    if not multi or set(multi) != set(single) or set(multi) != set(higher_is_better):
+        raise ValueError(
+            "multi, single and higher_is_better need the same non-empty task set, got "
+            f"{sorted(multi)}, {sorted(single)} and {sorted(higher_is_better)}"
+        )
+    zero = [t for t, v in single.items() if v == 0]
+    if zero:
+        raise ValueError(
+            f"single-task references of {zero} are 0, so relative changes are undefined"
+        )
+    terms = [(1 if higher_is_better[t] else -1) * (multi[t] - single[t]) / single[t] for t in multi]
+    return 100 * sum(terms) / len(terms)
