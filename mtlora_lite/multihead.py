@@ -1,0 +1,354 @@
+"""Multi-head LoRA (HydraLoRA's structure) with R-LoRA's random head init and multi-head dropout.
+
+    y = W x + b + s * sum_i w_i(x) B_i drop_i(A x) - s * B0 A0 x
+
+A (r, in) is shared, the n heads B_i (out, r) are stored as one (out, n, r) parameter so that the
+stacked [B_1 ... B_n] (out, n*r) is a free view, and ``w(x) = softmax(W_r x)`` (n per token) is a
+router that reads the undropped input (no top-k, no task id). Without a router every w_i is 1.
+
+Initialisations (``init``):
+- ``"hydra"``: A kaiming-uniform, every B_i zero, router kaiming-uniform (as HydraLoRA's code).
+  The output equals the base layer, but all heads get nearly the same gradient and stay similar.
+- ``"rlora"``: A ~ c N(0, 1/in), each B_i ~ c N(0, 1/out) independently, c = out^(1/4) / sqrt(gamma)
+  (R-LoRA), router zero (uniform weights). The initial update s * sum_i w_i B_i A is cancelled by
+  the buffers ``offset_A`` = A0 (r, in) and ``offset_B`` = B0 = sum_i w_i B_i (out, r), which are
+  saved with the adapter, so a reloaded model reproduces the same function. (Exactly the base
+  function without dropout; in training, dropout on the random heads adds zero-mean noise.)
+- ``"rlora_centered"``: as "rlora" but each B_i has the head mean subtracted, so the initial update
+  is zero without an offset. Trade-off: the heads are no longer independent (with 2 heads they are
+  exactly anti-parallel, cosine -1) and their entries shrink by sqrt((n-1)/n).
+
+Dropout (``dropout_mode``, only while training with ``dropout > 0``):
+- ``"per_head_ax"`` (R-LoRA multi-head dropout, default): an independent mask per head on the
+  r-dimensional ``A x``; computed as u = A x once, then one GEMM of [B_1 ... B_n] with
+  concat_i(w_i m_i u) / (1 - p).
+- ``"shared"``: one mask on x for all heads (R-LoRA's HydraLoRA baseline).
+- ``"per_head_x"``: a mask on x per head (HydraLoRA's code); materialises (N, n, in), slow.
+
+For fair comparisons: ``router=False`` sums the heads (and can then be merged), and
+``inject_rank_matched_lora`` injects one plain LoRA of rank n*r with the same scale instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtlora_lite.functional import _compute_dtype
+from mtlora_lite.lora import AdapterLayer, LoRALinear, Targets, _check_rank, inject_adapters
+
+INITS = ("hydra", "rlora", "rlora_centered")
+DROPOUT_MODES = ("per_head_ax", "shared", "per_head_x")
+
+
+def _softmax(logits: Tensor) -> Tensor:
+    """Softmax over the last dim in at least float32 (bf16 logits are upcast)."""
+    return torch.softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
+def _effective_weight(
+    weight: Tensor, offset_A: Tensor | None, offset_B: Tensor | None, s: float
+) -> Tensor:
+    """W - s B0 A0 (out, in): the base weight with the R-LoRA offset folded in."""
+    return weight if offset_A is None else torch.addmm(weight, offset_B, offset_A, alpha=-s)
+
+
+class _FusedMultiHead(torch.autograd.Function):
+    """Multi-head LoRA on a frozen base layer: two GEMMs forward, four backward (as plain LoRA).
+
+    The offset is folded into the base weight, W' = W - s B0 A0, so it costs no per-token work.
+
+    Forward:  [y0 | u | l] = x [W'; A; W_r]^T + [b | 0]
+              y = y0 + s z [B_1 ... B_n]^T,   z = concat_i(w_i m_i u),  w = softmax(l)
+    Backward: [gx | dz] = g [W' | s B_1 ... s B_n],   dB = s g^T z
+              du = sum_i w_i m_i dz_i,  dl = a - w sum_i a_i  with a_i = dz_i . z_i
+              [dA; dW_r] = [du | dl]^T x,   dx = gx + [du | dl] [A; W_r]
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, router, offset_A, offset_B, mask, scaling):
+        dtype = _compute_dtype(x)
+        out_f, n, r = lora_B.shape
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (N, in)
+            mask = None if mask is None else mask.to(dtype)  # (N, n, r)
+            w_eff = _effective_weight(weight, offset_A, offset_B, scaling)
+            rows = [w_eff, lora_A] if router is None else [w_eff, lora_A, router]
+            stacked = torch.cat(rows, 0).to(dtype)  # (out + r [+ n], in)
+            if bias is None:
+                h = x2 @ stacked.t()
+            else:
+                pad = F.pad(bias, (0, stacked.shape[0] - out_f)).to(dtype)
+                h = torch.addmm(pad, x2, stacked.t())
+            y0, u, logits = h.split([out_f, r, h.shape[1] - out_f - r], dim=1)
+            w = None if router is None else _softmax(logits).to(dtype)  # (N, n)
+            gate = None if w is None else w.unsqueeze(2)  # (N, n, 1): w_i
+            if mask is not None:
+                gate = mask if gate is None else gate * mask  # (N, n, r): w_i m_i
+            z = u.unsqueeze(1).expand(-1, n, -1) if gate is None else u.unsqueeze(1) * gate
+            z = z.reshape(-1, n * r)  # (N, n r) = concat_i(w_i m_i u)
+            y = torch.addmm(y0, z, lora_B.reshape(out_f, n * r).to(dtype).t(), alpha=scaling)
+        ctx.save_for_backward(x2, w, gate, z, weight, lora_A, lora_B, router, offset_A, offset_B)
+        ctx.scaling, ctx.dtype, ctx.x_shape, ctx.x_dtype = scaling, dtype, x.shape, x.dtype
+        return y.reshape(*x.shape[:-1], out_f)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x2, w, gate, z, weight, lora_A, lora_B, router, offset_A, offset_B = ctx.saved_tensors
+        s, dtype = ctx.scaling, ctx.dtype
+        out_f, n, r = lora_B.shape
+        in_f = weight.shape[1]
+        with torch.autocast(grad_out.device.type, enabled=False):
+            g = grad_out.reshape(-1, out_f).to(dtype)  # (N, out)
+            s_heads = (lora_B.reshape(out_f, n * r) * s).to(dtype)  # (out, n r)
+            gx = None
+            if ctx.needs_input_grad[0]:
+                w_eff = _effective_weight(weight, offset_A, offset_B, s).to(dtype)
+                gx_dz = g @ torch.cat([w_eff, s_heads], 1)  # (N, in + n r)
+                gx, dz = gx_dz[:, :in_f], gx_dz[:, in_f:]
+            else:
+                dz = g @ s_heads
+            grad_B = (g.t() @ z).mul_(s).view_as(lora_B).to(lora_B.dtype)
+            dzh = dz.reshape(-1, n, r)  # (N, n, r)
+            du = dzh.sum(1) if gate is None else (dzh * gate).sum(1)  # (N, r)
+            if w is None:
+                dh, in_rows = du, [lora_A]
+            else:  # softmax backward with a_i = w_i dL/dw_i = dz_i . z_i
+                a = (dzh * z.view(-1, n, r)).sum(2)  # (N, n)
+                dh = torch.cat([du, a - w * a.sum(1, keepdim=True)], 1)  # (N, r + n)
+                in_rows = [lora_A, router]
+            grad_AR = dh.t() @ x2  # (r [+ n], in)
+            grad_x = None
+            if gx is not None:
+                grad_x = torch.addmm(gx, dh, torch.cat(in_rows, 0).to(dtype))
+                grad_x = grad_x.reshape(ctx.x_shape).to(ctx.x_dtype)
+        grad_A = grad_AR[:r].to(lora_A.dtype)
+        grad_R = None if router is None else grad_AR[r:].to(router.dtype)
+        return grad_x, None, None, grad_A, grad_B, grad_R, None, None, None, None
+
+
+class MultiHeadLoRALinear(AdapterLayer):
+    """Multi-head LoRA around a frozen ``nn.Linear``: inputs (..., in) -> outputs (..., out).
+
+    Args:
+        base_layer: the frozen layer to wrap (kept as is).
+        n_heads: n >= 1 heads B_i.
+        rank: r > 0, the rank of the shared A (and of each head).
+        alpha: scale numerator; ``s = alpha / r`` (``alpha / sqrt(r)`` with ``rslora``); default r.
+        dropout: dropout probability p, applied as ``dropout_mode`` says.
+        dropout_mode: "per_head_ax" (default), "shared" or "per_head_x" (see the module docstring).
+        init: "rlora" (default), "rlora_centered" or "hydra".
+        router: with a softmax router (default); ``False`` sums the heads (then ``merge`` works).
+        rslora: use the rank-stabilised scale ``alpha / sqrt(r)``.
+        gamma: R-LoRA's init constant, c = out^(1/4) / sqrt(gamma).
+    """
+
+    adapter_group = "mh_lora"
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        n_heads: int,
+        rank: int,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        dropout_mode: str = "per_head_ax",
+        init: str = "rlora",
+        router: bool = True,
+        rslora: bool = False,
+        gamma: float = 64.0,
+    ) -> None:
+        super().__init__(base_layer)
+        _check_options(n_heads, rank, dropout, dropout_mode, init, gamma)
+        self.n_heads, self.rank, self.init, self.has_router = n_heads, rank, init, router
+        self.alpha = float(rank if alpha is None else alpha)
+        self.rslora = rslora
+        self.scaling = self.alpha / (math.sqrt(rank) if rslora else rank)
+        self.dropout, self.dropout_mode = dropout, dropout_mode
+        w = base_layer.weight
+        kw = {"device": w.device, "dtype": w.dtype}
+        d_in, d_out = self.in_features, self.out_features
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in, **kw))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(d_out, n_heads, rank, **kw))  # (out, n, r)
+        self.router = nn.Parameter(torch.zeros(n_heads, d_in, **kw)) if router else None
+        self.register_buffer("offset_A", None)
+        self.register_buffer("offset_B", None)
+        if init == "hydra":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            if self.router is not None:
+                nn.init.kaiming_uniform_(self.router, a=math.sqrt(5))
+        else:
+            self._init_random_heads(gamma)
+
+    @torch.no_grad()
+    def _init_random_heads(self, gamma: float) -> None:
+        """R-LoRA init; then cancel the initial update by an offset or by centring the heads."""
+        d_in, d_out = self.in_features, self.out_features
+        c = d_out**0.25 / math.sqrt(gamma)
+        self.lora_A.normal_(0.0, c / math.sqrt(d_in))
+        self.lora_B.normal_(0.0, c / math.sqrt(d_out))
+        if self.init == "rlora_centered":
+            self.lora_B -= self.lora_B.mean(1, keepdim=True)
+        else:  # initial update s * B0 A0 with B0 = sum_i w_i B_i, w_i = 1/n (router) or 1
+            self.offset_A = self.lora_A.detach().clone()  # (r, in)
+            self.offset_B = self.lora_B.mean(1) if self.has_router else self.lora_B.sum(1)
+
+    def _dropout_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """Keep-mask scaled by 1 / (1 - p), of ``shape``; tests replace it to fix the masks."""
+        p = self.dropout
+        return torch.empty(shape, device=like.device, dtype=like.dtype).bernoulli_(1 - p) / (1 - p)
+
+    def router_weights(self, x: Tensor) -> Tensor:
+        """Routing weights w(x): (..., in) -> (..., n), each row sums to 1."""
+        if self.router is None:
+            raise RuntimeError("this layer has no router (router=False): every head has weight 1")
+        return _softmax(F.linear(x, self.router))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., in) -> (..., out)."""
+        if self.merged:
+            return self.base_layer(x)
+        w, b = self.base_layer.weight, self.base_layer.bias
+        base_frozen = not w.requires_grad and (b is None or not b.requires_grad)
+        drop = self.training and self.dropout > 0.0
+        if base_frozen and (not drop or self.dropout_mode == "per_head_ax"):
+            n_tokens = x.numel() // x.shape[-1]
+            mask = self._dropout_mask((n_tokens, self.n_heads, self.rank), x) if drop else None
+            return _FusedMultiHead.apply(
+                x, w, b, self.lora_A, self.lora_B, self.router,
+                self.offset_A, self.offset_B, mask, self.scaling,
+            )  # fmt: skip
+        return self._forward_unfused(x, drop)
+
+    def _forward_unfused(self, x: Tensor, drop: bool) -> Tensor:
+        """Plain autograd, any dropout mode; used when the base layer is trainable."""
+        lead = x.shape[:-1]
+        if drop and self.dropout_mode == "shared":
+            heads = F.linear(x * self._dropout_mask(x.shape, x), self.lora_A).unsqueeze(-2)
+        elif drop and self.dropout_mode == "per_head_x":
+            mask = self._dropout_mask((*lead, self.n_heads, x.shape[-1]), x)
+            heads = F.linear(x.unsqueeze(-2) * mask, self.lora_A)  # (..., n, r)
+        else:
+            heads = F.linear(x, self.lora_A).unsqueeze(-2)  # (..., 1, r)
+            if drop:
+                heads = heads * self._dropout_mask((*lead, self.n_heads, self.rank), x)
+        if self.router is not None:
+            heads = heads * self.router_weights(x).to(heads.dtype).unsqueeze(-1)
+        heads = heads.expand(*lead, self.n_heads, self.rank).flatten(-2)  # (..., n r)
+        delta = F.linear(heads, self.lora_B.flatten(1))
+        if self.offset_A is not None:
+            delta = delta - F.linear(F.linear(x, self.offset_A), self.offset_B)
+        return self.base_layer(x) + self.scaling * delta
+
+    @property
+    def mergeable(self) -> bool:
+        """Only router-free layers are one fixed matrix."""
+        return self.router is None
+
+    def delta_weight(self) -> Tensor:
+        """Router-free only: s * (sum_i B_i A - B0 A0), (out, in)."""
+        if self.router is not None:
+            raise RuntimeError(
+                "a multi-head LoRA with a router cannot be merged: its update depends on the "
+                "input through the routing weights. Build it with router=False to merge."
+            )
+        delta = self.lora_B.sum(1) @ self.lora_A
+        if self.offset_A is not None:
+            delta = delta - self.offset_B @ self.offset_A
+        return self.scaling * delta
+
+    def adapter_config(self) -> dict[str, object]:
+        return {
+            "type": "MultiHeadLoRALinear",
+            "n_heads": self.n_heads,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "rslora": self.rslora,
+            "init": self.init,
+            "router": self.has_router,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_heads={self.n_heads}, rank={self.rank}, init={self.init!r}, "
+            f"router={self.has_router}, scaling={self.scaling:g}, dropout={self.dropout:g} "
+            f"({self.dropout_mode}), merged={self.merged}"
+        )
+
+
+def _check_heads(n_heads: int, rank: int) -> None:
+    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
+        raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+    _check_rank(rank)
+
+
+def _check_options(
+    n_heads: int, rank: int, dropout: float, dropout_mode: str, init: str, gamma: float
+) -> None:
+    _check_heads(n_heads, rank)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if dropout_mode not in DROPOUT_MODES:
+        raise ValueError(f"dropout_mode must be one of {DROPOUT_MODES}, got {dropout_mode!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "rlora_centered" and n_heads < 2:
+        raise ValueError("init='rlora_centered' needs n_heads >= 2 (one centred head is zero)")
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+
+
+def inject_multihead_lora(
+    model: nn.Module,
+    targets: Targets,
+    n_heads: int,
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    dropout_mode: str = "per_head_ax",
+    init: str = "rlora",
+    router: bool = True,
+    rslora: bool = False,
+    gamma: float = 64.0,
+) -> list[str]:
+    """Wrap the matching ``nn.Linear`` layers in ``MultiHeadLoRALinear`` (in place).
+
+    Example: ``inject_multihead_lora(swin, ["qkv", "proj", "fc1", "fc2"], n_heads=4, rank=8)``.
+    Targets work as in ``inject_lora``. Returns the adapted module paths.
+    """
+    _check_options(n_heads, rank, dropout, dropout_mode, init, gamma)
+    return inject_adapters(
+        model,
+        targets,
+        lambda lin: MultiHeadLoRALinear(
+            lin, n_heads, rank, alpha, dropout, dropout_mode, init, router, rslora, gamma
+        ),
+    )
+
+
+def inject_rank_matched_lora(
+    model: nn.Module,
+    targets: Targets,
+    n_heads: int,
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    rslora: bool = False,
+) -> list[str]:
+    """The plain-LoRA baseline for ``inject_multihead_lora(..., n_heads, rank, alpha)``.
+
+    One ``LoRALinear`` of rank n*r per target, with the same scale s as the multi-head layers
+    (s = alpha / r, or alpha / sqrt(r) with ``rslora``; alpha defaults to r, i.e. s = 1).
+    """
+    _check_heads(n_heads, rank)
+    s = float(rank if alpha is None else alpha) / (math.sqrt(rank) if rslora else rank)
+    big = n_heads * rank
+    lora_alpha = s * (math.sqrt(big) if rslora else big)
+    return inject_adapters(
+        model, targets, lambda lin: LoRALinear(lin, big, lora_alpha, dropout, rslora)
+    )
