@@ -21,14 +21,26 @@ def _numbers(value: object) -> list[float]:
     return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run cache for the session: later notebooks reuse earlier ones' runs, as in the course."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_profile(path: Path, tmp_path: Path) -> None:
+def test_notebook_runs_in_smoke_profile(path: Path, tmp_path: Path, cache_dir: Path) -> None:
     out_dir = tmp_path / path.stem
+    params = {
+        "PROFILE": "smoke",
+        "DEVICE": "cpu",
+        "OUT_DIR": str(out_dir),
+        "CACHE_DIR": str(cache_dir),
+    }
     pm.execute_notebook(
         str(path),
         str(tmp_path / path.name),
-        parameters={"PROFILE": "smoke", "DEVICE": "cpu", "OUT_DIR": str(out_dir)},
+        parameters=params,
         cwd=str(ROOT),
         kernel_name="python3",
         progress_bar=False,

@@ -1,0 +1,316 @@
+"""Course experiments: one recipe per profile, so that methods are compared on equal terms.
+
+    r = run_dense("mtlora", ["semseg", "parts", "saliency", "normals"], profile="course")
+    r = run_mixture("multihead", init="rlora", dropout_mode="per_head_ax", seed=1)
+
+A ``Recipe`` fixes the data sizes, batch size, epochs and learning rates of a profile; only the
+method and its options change between runs. The data of a run come from its seed (scenes and
+shuffling) and are the same for every method with that seed, so single-task and multi-task models
+are measured on the same images.
+
+Each result is cached as JSON under ``cache_dir`` (default ``outputs/cache``, git-ignored), keyed
+by everything that defines the run (recipe, method, options, tasks, seed, device type and the
+sha256 of the backbone checkpoint). A cached result is a real measurement of exactly that run,
+made earlier (notebook 03 reuses the single-task references notebook 02 measured); delete the
+folder or pass ``cache_dir=None`` to measure again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mtlora_lite.analysis import HeadSimilarityRecorder, router_statistics, trainable_breakdown
+from mtlora_lite.backbones import load_backbone, load_course_card
+from mtlora_lite.data import make_loaders, make_mixture_loaders
+from mtlora_lite.lora import inject_lora, mark_only_adapters_trainable
+from mtlora_lite.models import build_model
+from mtlora_lite.multihead import inject_multihead_lora
+from mtlora_lite.tasks import build_tasks, primary_metrics
+from mtlora_lite.train import Callback, fit, resolve_device
+
+DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature
+ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+DECODER_CHANNELS = (8, 16, 32, 64)  # 1x1 projection widths for the course Swin's four stages
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Data and schedule of one profile. ``lr`` maps a method to its peak learning rate."""
+
+    n_train: int
+    n_val: int
+    batch_size: int
+    epochs: int
+    lr: tuple[tuple[str, float], ...]
+
+    def lr_for(self, method: str) -> float:
+        return dict(self.lr)[method]
+
+
+_LR = (("full", 5e-4), ("decoders", 3e-3), ("lora", 2e-3), ("mtlora", 2e-3), ("multihead", 2e-3))
+
+DENSE_RECIPES = {
+    "smoke": Recipe(n_train=64, n_val=32, batch_size=32, epochs=1, lr=_LR),
+    "course": Recipe(n_train=3072, n_val=512, batch_size=64, epochs=4, lr=_LR),
+}
+MIXTURE_RECIPES = {
+    "smoke": Recipe(n_train=64, n_val=48, batch_size=32, epochs=1, lr=_LR),
+    "course": Recipe(n_train=4096, n_val=1536, batch_size=64, epochs=2, lr=_LR),
+}
+
+
+def recipe(kind: str, profile: str) -> Recipe:
+    """The ``"dense"`` or ``"mixture"`` recipe of ``profile`` ("smoke" or "course")."""
+    table = {"dense": DENSE_RECIPES, "mixture": MIXTURE_RECIPES}[kind]
+    if profile not in table:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(table)}")
+    return table[profile]
+
+
+@dataclass
+class RunResult:
+    """What one training run measured (JSON-serialisable with ``dataclasses.asdict``)."""
+
+    name: str
+    method: str
+    tasks: list[str]
+    seed: int
+    options: dict[str, Any]
+    metrics: dict[str, dict[str, float]]  # task -> metric -> value, on the validation set
+    primary: dict[str, float]  # task -> value of its primary metric
+    trainable: int
+    total: int
+    breakdown: dict[str, dict[str, int]]
+    seconds: float
+    images_per_s: float
+    loss_curve: list[tuple[int, float]]
+    extras: dict[str, Any] = field(default_factory=dict)
+    measured_on: str = ""
+    cached: bool = False  # True when this run was read from the cache rather than trained now
+
+
+def _key(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _from_json(path: Path) -> RunResult:
+    stored = json.loads(path.read_text())
+    stored.pop("spec", None)
+    stored["loss_curve"] = [tuple(p) for p in stored["loss_curve"]]
+    return RunResult(**{**stored, "cached": True})
+
+
+def _cached_run(
+    spec: dict[str, Any], cache_dir: str | Path | None, train: Callable[[], RunResult]
+) -> RunResult:
+    """``train()`` unless a result for exactly ``spec`` is in ``cache_dir``."""
+    path = Path(cache_dir) / f"{spec['name']}-{_key(spec)}.json" if cache_dir else None
+    if path is not None and path.exists():
+        return _from_json(path)
+    result = train()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**dataclasses.asdict(result), "spec": spec}, indent=1))
+    return result
+
+
+def _curve(history_steps: list[dict[str, Any]], points: int = 60) -> list[tuple[int, float]]:
+    stride = max(1, len(history_steps) // points)
+    return [(r["step"], r["loss"]) for r in history_steps[::stride]]
+
+
+def _train(
+    name: str,
+    model: nn.Module,
+    tasks: dict,
+    loaders: tuple,
+    rec: Recipe,
+    lr: float,
+    seed: int,
+    device: str,
+    progress: bool,
+    options: dict[str, Any],
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
+    history = fit(
+        model,
+        tasks,
+        *loaders,
+        epochs=rec.epochs,
+        lr=lr,
+        device=device,
+        seed=seed,
+        progress=progress,
+        callbacks=callbacks,
+    )
+    table = trainable_breakdown(model)
+    return RunResult(
+        name=name,
+        method=options.get("method", name),
+        tasks=list(tasks),
+        seed=seed,
+        options=options,
+        metrics=history.final,
+        primary=primary_metrics(history.final, tasks),
+        trainable=table.trainable,
+        total=table.total,
+        breakdown=table.to_dict(),
+        seconds=history.wall_time_s,
+        images_per_s=history.images_per_s,
+        loss_curve=_curve(history.steps),
+        measured_on=f"{dt.date.today().isoformat()}, {resolve_device(device)}",
+    )
+
+
+def run_dense(
+    method: str,
+    tasks: Sequence[str] = DENSE_TASKS,
+    *,
+    profile: str = "course",
+    seed: int = 0,
+    device: str = "auto",
+    name: str | None = None,
+    lr: float | None = None,
+    cache_dir: str | Path | None = "outputs/cache",
+    progress: bool = True,
+    **options: Any,
+) -> RunResult:
+    """Train the course Swin on dense scene tasks with ``build_model(method, **options)``.
+
+    ``method`` is "full", "decoders", "lora" or "mtlora" (see ``mtlora_lite.models``); one task
+    with "full" is single-task fine-tuning. Features are the raw stage maps (strides 4-32, better
+    suited to 64 x 64 scenes than the official merged maps) with ``DECODER_CHANNELS``.
+    """
+    rec = recipe("dense", profile)
+    lr = lr or rec.lr_for(method)
+    name = name or f"{method}-{'+'.join(tasks)}"
+    spec = dict(
+        kind="dense",
+        name=name,
+        method=method,
+        tasks=list(tasks),
+        seed=seed,
+        recipe=dataclasses.asdict(rec),
+        lr=lr,
+        options=options,
+        device=resolve_device(device).type,
+        backbone=load_course_card()["sha256"],
+    )
+
+    def train() -> RunResult:
+        task_map = build_tasks(tasks)
+        loaders = make_loaders(
+            list(tasks), n_train=rec.n_train, n_val=rec.n_val, seed=seed, batch_size=rec.batch_size
+        )
+        model = build_model(
+            load_backbone("course"),
+            list(task_map.values()),
+            method,
+            features="stage",
+            decoder_channels=DECODER_CHANNELS,
+            **options,
+        )
+        opts = {"method": method, **options}
+        return _train(name, model, task_map, loaders, rec, lr, seed, device, progress, opts)
+
+    return _cached_run(spec, cache_dir, train)
+
+
+def run_mixture(
+    adapter: str = "multihead",
+    *,
+    profile: str = "course",
+    seed: int = 0,
+    device: str = "auto",
+    name: str | None = None,
+    lr: float | None = None,
+    n_heads: int = 4,
+    rank: int = 4,
+    init: str = "hydra",
+    dropout: float = 0.05,
+    dropout_mode: str = "shared",
+    router: bool = True,
+    similarity_every: int = 10,
+    cache_dir: str | Path | None = "outputs/cache",
+    progress: bool = True,
+) -> RunResult:
+    """Fine-tune the course Swin on the task mixture (count / shape / colour, one per image).
+
+    ``adapter="multihead"``: multi-head LoRA (``n_heads`` heads of rank ``rank``, ``init``,
+    ``dropout_mode``, ``router``) on qkv / proj / fc1 / fc2, with head similarity recorded every
+    ``similarity_every`` steps and router statistics per task at the end. ``adapter="lora"``: one
+    plain LoRA of rank ``n_heads * rank`` (rank-matched). The head over the union answer space is
+    trained too; the rest of the backbone is frozen.
+    """
+    if adapter not in ("multihead", "lora"):
+        raise ValueError(f"adapter must be 'multihead' or 'lora', got {adapter!r}")
+    rec = recipe("mixture", profile)
+    lr = lr or rec.lr_for(adapter)
+    heads = dict(n_heads=n_heads, init=init, dropout_mode=dropout_mode, router=router)
+    options: dict[str, Any] = dict(
+        rank=rank, dropout=dropout, **(heads if adapter == "multihead" else {})
+    )
+    if adapter == "lora":
+        options["rank"] = n_heads * rank
+    name = name or adapter
+    spec = dict(
+        kind="mixture",
+        name=name,
+        adapter=adapter,
+        seed=seed,
+        recipe=dataclasses.asdict(rec),
+        lr=lr,
+        options=options,
+        similarity_every=similarity_every,
+        device=resolve_device(device).type,
+        backbone=load_course_card()["sha256"],
+    )
+
+    def train() -> RunResult:
+        task_map = build_tasks(["answer"])
+        loaders = make_mixture_loaders(
+            n_train=rec.n_train, n_val=rec.n_val, seed=seed, batch_size=rec.batch_size
+        )
+        model = build_model(load_backbone("course"), list(task_map.values()), "decoders")
+        targets = list(ADAPTER_TARGETS)
+        if adapter == "multihead":
+            inject_multihead_lora(model.encoder, targets, rank=rank, dropout=dropout, **heads)
+        else:
+            inject_lora(model.encoder, targets, rank=options["rank"], dropout=dropout)
+        mark_only_adapters_trainable(model, extra=["decoders"])
+        recorder = (
+            [HeadSimilarityRecorder(every=similarity_every)] if adapter == "multihead" else []
+        )
+        opts = {"method": adapter, **options}
+        result = _train(
+            name, model, task_map, loaders, rec, lr, seed, device, progress, opts, recorder
+        )
+        if recorder:
+            result.extras["similarity"] = recorder[0].to_dict()
+            if router:
+                stats = router_statistics(model, loaders[1], task_of=lambda t: t["answer"][:, 1])
+                result.extras["router"] = {
+                    layer: {
+                        "mean_weight": s.mean_weight,
+                        "entropy": s.entropy,
+                        "per_task": {t: dataclasses.asdict(p) for t, p in s.per_task.items()},
+                    }
+                    for layer, s in stats.items()
+                }
+        return result
+
+    return _cached_run(spec, cache_dir, train)
+
+
+def load_results(cache_dir: str | Path = "outputs/cache") -> list[RunResult]:
+    """Every run recorded in ``cache_dir`` (for explorers and summaries)."""
+    return [_from_json(path) for path in sorted(Path(cache_dir).glob("*.json"))]
