@@ -1,0 +1,315 @@
+"""Training-step benchmark: every variant as a ratio to full fine-tuning measured in the same run.
+
+Two groups per backbone. "classification": full fine-tuning, head only, LoRA r=16 (ours, a naive
+wrapper, HF PEFT when installed), multi-head LoRA with 4 heads of rank 4 (hydra and rlora init;
+compare with the rank-matched LoRA r=16). "dense, 4 tasks": the paper's four dense tasks with
+multi-scale decoders: multi-task full fine-tuning, shared LoRA (r=16) and MTLoRA (r=16, task rank 4).
+
+    python benchmarks/bench.py                          # CPU: small sizes, a few minutes
+    python benchmarks/bench.py --device cuda            # GPU: Swin-T and Swin-B, 224x224, batch 64, bf16
+    python benchmarks/bench.py --compile                # also torch.compile'd variants
+
+A step is forward + loss + backward + AdamW step. Each variant is timed after warm-up, with device
+synchronisation, as the median of several repeats; peak memory is CUDA's max allocated (not
+measured on CPU). Only ratios within one run mean something: the machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import itertools
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtlora_lite import (
+    AdapterLayer,
+    build_model,
+    count_parameters,
+    inject_adapters,
+    inject_lora,
+    inject_multihead_lora,
+    mark_only_adapters_trainable,
+)
+from mtlora_lite.models import PAPER_TASKS
+
+TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+RANK = 16
+HEADS = 4  # multi-head LoRA: HEADS heads of rank RANK // HEADS, rank-matched to LoRA r=RANK
+
+
+class NaiveLoRA(AdapterLayer):
+    """The usual wrapper, kept here as the baseline: separate A and B matmuls, addmm for the add."""
+
+    adapter_group = "lora"
+
+    def __init__(self, base: nn.Linear, rank: int) -> None:
+        super().__init__(base)
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) / base.in_features**0.5)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = F.linear(x, self.lora_A)
+        return torch.addmm(
+            self.base_layer(x).reshape(-1, self.out_features),
+            u.reshape(-1, u.shape[-1]),
+            self.lora_B.t(),
+        ).reshape(*x.shape[:-1], self.out_features)
+
+
+def _head_only(model: nn.Module) -> nn.Module:
+    model.requires_grad_(False)
+    model.get_classifier().requires_grad_(True)
+    return model
+
+
+def _lora(model: nn.Module) -> nn.Module:
+    inject_lora(model, TARGETS, rank=RANK, alpha=2 * RANK)
+    mark_only_adapters_trainable(model, extra=["head"])
+    return model
+
+
+def _naive_lora(model: nn.Module) -> nn.Module:
+    inject_adapters(model, TARGETS, lambda lin: NaiveLoRA(lin, RANK))
+    mark_only_adapters_trainable(model, extra=["head"])
+    return model
+
+
+def _peft_lora(model: nn.Module) -> nn.Module:
+    from peft import LoraConfig, get_peft_model  # optional dependency of the benchmark only
+
+    config = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=["qkv", "proj", "fc1", "fc2"])
+    config.modules_to_save = ["head"]
+    return get_peft_model(model, config)
+
+
+def _multihead(init: str) -> Callable[[nn.Module], nn.Module]:
+    def build(model: nn.Module) -> nn.Module:
+        inject_multihead_lora(model, TARGETS, n_heads=HEADS, rank=RANK // HEADS, init=init)
+        mark_only_adapters_trainable(model, extra=["head"])
+        return model
+
+    return build
+
+
+def _dense(method: str) -> Callable[[nn.Module], nn.Module]:
+    tasks = [SimpleNamespace(name=n, out_channels=c, dense=True) for n, c in PAPER_TASKS.items()]
+    options = {} if method == "full" else {"shared_rank": RANK}
+    options |= {"task_rank": 4} if method == "mtlora" else {}
+    return lambda swin: build_model(swin, tasks, method, **options)
+
+
+GROUPS: dict[str, dict[str, Callable[[nn.Module], nn.Module]]] = {
+    "classification": {
+        "full fine-tuning": lambda m: m,
+        "head only": _head_only,
+        f"lora r={RANK} (mtlora_lite)": _lora,
+        f"lora r={RANK} (naive wrapper)": _naive_lora,
+        f"lora r={RANK} (HF PEFT)": _peft_lora,
+        f"multi-head {HEADS}x{RANK // HEADS} hydra": _multihead("hydra"),
+        f"multi-head {HEADS}x{RANK // HEADS} rlora": _multihead("rlora"),
+    },
+    "dense, 4 tasks": {
+        "multi-task full fine-tuning": _dense("full"),
+        f"shared lora r={RANK}": _dense("lora"),
+        f"mtlora r={RANK}, task r=4": _dense("mtlora"),
+    },
+}
+# (what, numerator, denominator) ratios against the targets of DESIGN.md section 6
+DERIVED = [
+    (
+        "LoRA / full FT (target <= 0.85 eager, 0.90 compiled)",
+        f"lora r={RANK} (mtlora_lite)",
+        "full fine-tuning",
+    ),
+    (
+        "multi-head hydra / rank-matched LoRA (target <= 1.10)",
+        f"multi-head {HEADS}x{RANK // HEADS} hydra",
+        f"lora r={RANK} (mtlora_lite)",
+    ),
+    (
+        "multi-head rlora / rank-matched LoRA (target <= 1.10)",
+        f"multi-head {HEADS}x{RANK // HEADS} rlora",
+        f"lora r={RANK} (mtlora_lite)",
+    ),
+    (
+        "MTLoRA / shared LoRA (target <= 1.30)",
+        f"mtlora r={RANK}, task r=4",
+        f"shared lora r={RANK}",
+    ),
+]
+
+
+@dataclass
+class Row:
+    model: str
+    group: str
+    variant: str
+    mode: str
+    ms: float
+    ratio: float
+    peak_mib: float | None
+    trainable: int
+
+
+def _loss(out: Tensor | dict[str, Tensor], labels: Tensor) -> Tensor:
+    """Cross-entropy for logits; for a dict of dense task maps, the sum of their mean squares."""
+    if isinstance(out, dict):
+        return sum(o.float().square().mean() for o in out.values())  # type: ignore[return-value]
+    return F.cross_entropy(out, labels)
+
+
+def time_steps(
+    model: nn.Module, batch: Tensor, labels: Tensor, amp: bool, warmup: int, repeats: int
+) -> float:
+    """Median milliseconds of one training step."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    device = batch.device
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = _loss(model(batch), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    device = torch.device(args.device)
+    amp = device.type == "cuda"
+    rows: list[Row] = []
+    modes = ["eager", "compiled"] if args.compile else ["eager"]
+    for model_name in args.models:
+        torch.manual_seed(0)
+        base = timm.create_model(model_name, pretrained=False, num_classes=100, img_size=args.img)
+        batch = torch.randn(args.batch, 3, args.img, args.img, device=device)
+        labels = torch.randint(0, 100, (args.batch,), device=device)
+        for mode, (group, variants) in itertools.product(modes, GROUPS.items()):
+            reference_ms = None
+            for variant, build in variants.items():
+                try:
+                    model = build(copy.deepcopy(base)).to(device).train()
+                except ImportError as err:
+                    print(f"  skip {variant}: {err}")
+                    continue
+                trainable = count_parameters(model)[0]
+                if mode == "compiled":
+                    model = torch.compile(model)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                ms = time_steps(model, batch, labels, amp, args.warmup, args.repeats)
+                peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+                reference_ms = reference_ms or ms
+                ratio = ms / reference_ms
+                rows.append(Row(model_name, group, variant, mode, ms, ratio, peak, trainable))
+                print(f"  {model_name:<30} {mode:<8} {variant:<30} {ms:8.1f} ms  {ratio:5.2f}x")
+                del model
+    return rows
+
+
+def format_rows(rows: list[Row]) -> str:
+    """Markdown table; "vs first" is the ratio to the first variant of the group (full FT)."""
+    lines = [
+        "| model | mode | group | variant | step (ms) | vs full FT | peak memory (MiB) | trainable |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        peak = f"{r.peak_mib:,.0f}" if r.peak_mib is not None else "n/a"
+        lines.append(
+            f"| {r.model} | {r.mode} | {r.group} | {r.variant} | {r.ms:.1f} | {r.ratio:.2f}x "
+            f"| {peak} | {r.trainable:,} |"
+        )
+    return "\n".join(lines)
+
+
+def derived_ratios(rows: list[Row]) -> list[dict[str, str | float]]:
+    """The ratios DESIGN.md section 6 sets targets for, per model and mode."""
+    ms = {(r.model, r.mode, r.variant): r.ms for r in rows}
+    out: list[dict[str, str | float]] = []
+    for model, mode in dict.fromkeys((r.model, r.mode) for r in rows):
+        for what, num, den in DERIVED:
+            if (model, mode, num) in ms and (model, mode, den) in ms:
+                ratio = ms[model, mode, num] / ms[model, mode, den]
+                out.append({"model": model, "mode": mode, "ratio": what, "value": ratio})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--models", nargs="+", default=None)
+    parser.add_argument("--img", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = args.device.startswith("cuda")
+    args.models = args.models or (
+        ["swin_tiny_patch4_window7_224", "swin_base_patch4_window7_224"]
+        if gpu
+        else ["swin_tiny_patch4_window7_224"]
+    )
+    args.img = args.img or 224
+    args.batch = args.batch or (64 if gpu else 4)
+
+    rows = run(args)
+    device_name = (
+        torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
+    )
+    meta = {
+        "date": dt.date.today().isoformat(),
+        "device": device_name,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "batch": args.batch,
+        "img": args.img,
+        "precision": "bf16 autocast" if gpu else "fp32",
+        "threads": torch.get_num_threads(),
+    }
+    ratios = derived_ratios(rows)
+    print(f"\n{meta}\n\n{format_rows(rows)}\n")
+    for r in ratios:
+        print(f"{r['model']:<30} {r['mode']:<8} {r['ratio']:<58} {r['value']:.2f}x")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{args.device.split(':')[0]}.json"
+    record = {"meta": meta, "rows": [asdict(r) for r in rows], "ratios": ratios}
+    path.write_text(json.dumps(record, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
