@@ -8,6 +8,7 @@ multi-scale decoders: multi-task full fine-tuning, shared LoRA (r=16) and MTLoRA
     python benchmarks/bench.py                          # CPU: small sizes, a few minutes
     python benchmarks/bench.py --device cuda            # GPU: Swin-T and Swin-B, 224x224, batch 64, bf16
     python benchmarks/bench.py --compile                # also torch.compile'd variants
+    python benchmarks/bench.py --profile-ops            # + profiler time by kernel family
 
 A step is forward + loss + backward + AdamW step. Each variant is timed after warm-up, with device
 synchronisation, as the median of several repeats; peak memory is CUDA's max allocated (not
@@ -235,6 +236,57 @@ def run(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+FAMILIES = {  # aten op name fragments -> kernel family, first match wins
+    "matmul (GEMM)": ("mm", "matmul", "linear", "addmm", "bmm", "baddbmm", "conv"),
+    "attention softmax": ("softmax",),
+    "layer norm": ("layer_norm",),
+    "optimizer (foreach kernels)": ("_foreach", "adam"),
+    "copies / layout": ("copy_", "clone", "contiguous", "cat", "roll", "index", "pad"),
+    "elementwise": ("add", "mul", "gelu", "div", "sub", "where", "fill", "zero", "sum", "mean"),
+}
+
+
+def op_families(model: nn.Module, batch: Tensor, labels: Tensor, amp: bool) -> dict[str, float]:
+    """Self time (ms) of one training step by kernel family, from ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if batch.is_cuda else [])
+    for _ in range(2):  # one warm-up step, then the profiled one (the last `prof` is kept)
+        with profile(activities=activities, record_shapes=False) as prof:
+            with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = _loss(model(batch), labels)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    families: dict[str, float] = dict.fromkeys([*FAMILIES, "other"], 0.0)
+    for event in prof.key_averages():
+        us = event.self_device_time_total if batch.is_cuda else event.self_cpu_time_total
+        name = event.key.removeprefix("aten::")
+        if not event.key.startswith("aten::"):
+            continue
+        family = next((f for f, keys in FAMILIES.items() if any(k in name for k in keys)), "other")
+        families[family] += us / 1000
+    return families
+
+
+def profile_variants(args: argparse.Namespace) -> None:
+    """Print the kernel-family breakdown of full fine-tuning and LoRA on the first model."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    base = timm.create_model(args.models[0], pretrained=False, num_classes=100, img_size=args.img)
+    batch = torch.randn(args.batch, 3, args.img, args.img, device=device)
+    labels = torch.randint(0, 100, (args.batch,), device=device)
+    table = {}
+    for variant in ("full fine-tuning", f"lora r={RANK} (mtlora_lite)"):
+        model = GROUPS["classification"][variant](copy.deepcopy(base)).to(device).train()
+        table[variant] = op_families(model, batch, labels, device.type == "cuda")
+    print(f"\nself time by kernel family, one step, {args.models[0]} (ms)")
+    print(f"{'family':<22}" + "".join(f"{v:>30}" for v in table))
+    for family in table["full fine-tuning"]:
+        print(f"{family:<22}" + "".join(f"{t[family]:>30.1f}" for t in table.values()))
+
+
 def format_rows(rows: list[Row]) -> str:
     """Markdown table; "vs first" is the ratio to the first variant of the group (full FT)."""
     lines = [
@@ -274,6 +326,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    parser.add_argument(
+        "--profile-ops",
+        action="store_true",
+        help="also print a profiler breakdown by kernel family",
+    )
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -309,6 +366,8 @@ def main() -> None:
     record = {"meta": meta, "rows": [asdict(r) for r in rows], "ratios": ratios}
     path.write_text(json.dumps(record, indent=2))
     print(f"\nwrote {path}")
+    if args.profile_ops:
+        profile_variants(args)
 
 
 if __name__ == "__main__":
