@@ -68,7 +68,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--profile", default="course", choices=["smoke", "course", "paper"])
+    parser.add_argument("--profile", default="course", choices=["smoke", "course"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--only", nargs="*", default=[], help="notebook prefixes, e.g. 01 03")
     args = parser.parse_args()
