@@ -35,7 +35,7 @@ from mtlora_lite.lora import inject_lora, mark_only_adapters_trainable
 from mtlora_lite.models import build_model
 from mtlora_lite.multihead import inject_multihead_lora
 from mtlora_lite.tasks import build_tasks, primary_metrics
-from mtlora_lite.train import Callback, fit, resolve_device
+from mtlora_lite.train import Callback, fit, resolve_device, seed_everything
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature
 ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -209,6 +209,7 @@ def run_dense(
     )
 
     def train() -> RunResult:
+        seed_everything(seed)  # model init too, so that a run does not depend on earlier ones
         task_map = build_tasks(tasks)
         loaders = make_loaders(
             list(tasks), n_train=rec.n_train, n_val=rec.n_val, seed=seed, batch_size=rec.batch_size
@@ -278,6 +279,7 @@ def run_mixture(
     )
 
     def train() -> RunResult:
+        seed_everything(seed)
         task_map = build_tasks(["answer"])
         loaders = make_mixture_loaders(
             n_train=rec.n_train, n_val=rec.n_val, seed=seed, batch_size=rec.batch_size

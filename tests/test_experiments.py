@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtlora_lite.experiments import load_results, recipe, run_dense, run_mixture
 
@@ -74,3 +75,15 @@ def test_bad_profile_and_adapter_are_clear_errors() -> None:
         recipe("dense", "huge")
     with pytest.raises(ValueError, match="adapter must be"):
         run_mixture("prefix", profile="smoke")
+
+
+def test_a_run_does_not_depend_on_earlier_random_state() -> None:
+    torch.manual_seed(1)
+    first = run_dense(
+        "decoders", ["semseg"], profile="smoke", device="cpu", cache_dir=None, progress=False
+    )
+    torch.manual_seed(2)
+    again = run_dense(
+        "decoders", ["semseg"], profile="smoke", device="cpu", cache_dir=None, progress=False
+    )
+    assert again.primary == first.primary and again.loss_curve == first.loss_curve
