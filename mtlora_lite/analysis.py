@@ -13,7 +13,7 @@ spreads tokens over heads, overall and per task).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,7 +183,8 @@ def head_similarity(model: nn.Module, mode: str = "B") -> dict[str, float]:
     return out
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Iterable[float]) -> float:
+    """Mean of the values that are not NaN (NaN if none is): e.g. head cosines over layers."""
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
 
@@ -218,7 +219,7 @@ class HeadSimilarityRecorder(Callback):
     def curve(self, layer: str | None = None) -> tuple[list[int], list[float]]:
         """(steps, similarity) of one layer, or averaged over layers (NaNs skipped) by default."""
         if layer is None:
-            return self.steps, [_nanmean(list(v.values())) for v in self.values]
+            return self.steps, [nanmean(v.values()) for v in self.values]
         return self.steps, [v[layer] for v in self.values]
 
     def to_dict(self) -> dict[str, Any]:

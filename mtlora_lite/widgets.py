@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import io
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from mtlora_lite.analysis import nanmean
 from mtlora_lite.experiments import RunResult
 from mtlora_lite.plots import plot_head_similarity_curves
 from mtlora_lite.tasks import TASK_NAMES, build_tasks
@@ -83,8 +83,7 @@ def similarity_curve(result: RunResult) -> tuple[list[int], list[float]] | None:
     record = result.extras.get("similarity")
     if not record:
         return None
-    finite = [[v for v in layers.values() if not math.isnan(v)] for layers in record["values"]]
-    return list(record["steps"]), [sum(f) / len(f) if f else math.nan for f in finite]
+    return list(record["steps"]), [nanmean(layers.values()) for layers in record["values"]]
 
 
 def plot_runs(
