@@ -202,16 +202,24 @@ def time_steps(
     return statistics.median(times)
 
 
+def _inputs(
+    model_name: str, args: argparse.Namespace, device: torch.device
+) -> tuple[nn.Module, Tensor, Tensor]:
+    """The seeded base model (100 classes) with a random batch (B, 3, img, img) and labels (B,)."""
+    torch.manual_seed(0)
+    base = timm.create_model(model_name, pretrained=False, num_classes=100, img_size=args.img)
+    batch = torch.randn(args.batch, 3, args.img, args.img, device=device)
+    labels = torch.randint(0, 100, (args.batch,), device=device)
+    return base, batch, labels
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device)
     amp = device.type == "cuda"
     rows: list[Row] = []
     modes = ["eager", "compiled"] if args.compile else ["eager"]
     for model_name in args.models:
-        torch.manual_seed(0)
-        base = timm.create_model(model_name, pretrained=False, num_classes=100, img_size=args.img)
-        batch = torch.randn(args.batch, 3, args.img, args.img, device=device)
-        labels = torch.randint(0, 100, (args.batch,), device=device)
+        base, batch, labels = _inputs(model_name, args, device)
         for mode, (group, variants) in itertools.product(modes, GROUPS.items()):
             reference_ms = None
             for variant, build in variants.items():
@@ -273,10 +281,7 @@ def op_families(model: nn.Module, batch: Tensor, labels: Tensor, amp: bool) -> d
 def profile_variants(args: argparse.Namespace) -> None:
     """Print the kernel-family breakdown of full fine-tuning and LoRA on the first model."""
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    base = timm.create_model(args.models[0], pretrained=False, num_classes=100, img_size=args.img)
-    batch = torch.randn(args.batch, 3, args.img, args.img, device=device)
-    labels = torch.randint(0, 100, (args.batch,), device=device)
+    base, batch, labels = _inputs(args.models[0], args, device)
     table = {}
     for variant in ("full fine-tuning", f"lora r={RANK} (mtlora_lite)"):
         model = GROUPS["classification"][variant](copy.deepcopy(base)).to(device).train()

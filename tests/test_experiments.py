@@ -7,41 +7,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlora_lite.experiments import load_results, recipe, run_dense, run_mixture
+from mtlora_lite.experiments import RunResult, load_results, recipe, run_dense, run_mixture
+
+
+def _smoke_dense(method: str, cache_dir: Path | None, **options: object) -> RunResult:
+    """A smoke-profile dense semseg run on CPU."""
+    return run_dense(
+        method,
+        ["semseg"],
+        profile="smoke",
+        device="cpu",
+        cache_dir=cache_dir,
+        progress=False,
+        **options,
+    )
 
 
 def test_dense_run_is_cached_by_its_spec(tmp_path: Path) -> None:
-    first = run_dense(
-        "lora",
-        ["semseg"],
-        profile="smoke",
-        device="cpu",
-        cache_dir=tmp_path,
-        progress=False,
-        shared_rank=2,
-    )
+    first = _smoke_dense("lora", tmp_path, shared_rank=2)
     assert not first.cached and first.tasks == ["semseg"]
     assert set(first.primary) == {"semseg"} and 0.0 <= first.primary["semseg"] <= 100.0  # mIoU in %
     assert 0 < first.trainable < first.total
-    again = run_dense(
-        "lora",
-        ["semseg"],
-        profile="smoke",
-        device="cpu",
-        cache_dir=tmp_path,
-        progress=False,
-        shared_rank=2,
-    )
+    again = _smoke_dense("lora", tmp_path, shared_rank=2)
     assert again.cached and again.primary == first.primary and again.loss_curve == first.loss_curve
-    other = run_dense(
-        "lora",
-        ["semseg"],
-        profile="smoke",
-        device="cpu",
-        cache_dir=tmp_path,
-        progress=False,
-        shared_rank=4,
-    )
+    other = _smoke_dense("lora", tmp_path, shared_rank=4)
     assert not other.cached  # a different option is a different run
     assert len(load_results(tmp_path)) == 2
 
@@ -79,11 +68,7 @@ def test_bad_profile_and_adapter_are_clear_errors() -> None:
 
 def test_a_run_does_not_depend_on_earlier_random_state() -> None:
     torch.manual_seed(1)
-    first = run_dense(
-        "decoders", ["semseg"], profile="smoke", device="cpu", cache_dir=None, progress=False
-    )
+    first = _smoke_dense("decoders", None)
     torch.manual_seed(2)
-    again = run_dense(
-        "decoders", ["semseg"], profile="smoke", device="cpu", cache_dir=None, progress=False
-    )
+    again = _smoke_dense("decoders", None)
     assert again.primary == first.primary and again.loss_curve == first.loss_curve
