@@ -100,6 +100,30 @@ class RunResult:
     cached: bool = False  # True when this run was read from the cache rather than trained now
 
 
+def _spec(
+    kind: str,
+    name: str,
+    seed: int,
+    rec: Recipe,
+    lr: float,
+    options: dict[str, Any],
+    device: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything that defines a run: its cache key (device type, backbone checksum included)."""
+    return dict(
+        kind=kind,
+        name=name,
+        seed=seed,
+        recipe=dataclasses.asdict(rec),
+        lr=lr,
+        options=options,
+        device=resolve_device(device).type,
+        backbone=load_course_card()["sha256"],
+        **extra,
+    )
+
+
 def _key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -195,18 +219,7 @@ def run_dense(
     rec = recipe("dense", profile)
     lr = lr or rec.lr_for(method)
     name = name or f"{method}-{'+'.join(tasks)}"
-    spec = dict(
-        kind="dense",
-        name=name,
-        method=method,
-        tasks=list(tasks),
-        seed=seed,
-        recipe=dataclasses.asdict(rec),
-        lr=lr,
-        options=options,
-        device=resolve_device(device).type,
-        backbone=load_course_card()["sha256"],
-    )
+    spec = _spec("dense", name, seed, rec, lr, options, device, method=method, tasks=list(tasks))
 
     def train() -> RunResult:
         seed_everything(seed)  # model init too, so that a run does not depend on earlier ones
@@ -265,17 +278,16 @@ def run_mixture(
     if adapter == "lora":
         options["rank"] = n_heads * rank
     name = name or adapter
-    spec = dict(
-        kind="mixture",
-        name=name,
+    spec = _spec(
+        "mixture",
+        name,
+        seed,
+        rec,
+        lr,
+        options,
+        device,
         adapter=adapter,
-        seed=seed,
-        recipe=dataclasses.asdict(rec),
-        lr=lr,
-        options=options,
         similarity_every=similarity_every,
-        device=resolve_device(device).type,
-        backbone=load_course_card()["sha256"],
     )
 
     def train() -> RunResult:
