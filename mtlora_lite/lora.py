@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_lite.functional import fused_lora_linear
+from mtlora_lite.functional import dropout_mask, fused_lora_linear
 
 Targets = str | Sequence[str] | re.Pattern[str]
 
@@ -126,19 +126,21 @@ class LoRALinear(AdapterLayer):
             torch.zeros(self.out_features, rank, device=w.device, dtype=w.dtype)
         )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout  # p, on the LoRA input while training
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in) -> (..., out)."""
         if self.merged:
             return self.base_layer(x)
+        p = self.dropout if self.training else 0.0
+        drop = dropout_mask(x.shape, p, x.device) if p > 0.0 else None  # bool, like x
+        s = self.scaling / (1.0 - p)  # inverted dropout's 1 / (1 - p), folded into the scale
         w, b = self.base_layer.weight, self.base_layer.bias
-        base_frozen = not w.requires_grad and (b is None or not b.requires_grad)
-        if base_frozen and (self.dropout.p == 0.0 or not self.training):
-            # Same maths, one GEMM on [W; A] and no weight gradient for W (see functional.py).
-            return fused_lora_linear(x, w, b, self.lora_A, self.lora_B, self.scaling)
-        lora = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
-        return self.base_layer(x) + self.scaling * lora
+        if not w.requires_grad and (b is None or not b.requires_grad):
+            # Same maths, fewer passes and no weight gradient for W (see functional.py).
+            return fused_lora_linear(x, w, b, self.lora_A, self.lora_B, s, drop)
+        x_a = x if drop is None else x.masked_fill(drop, 0.0)
+        return self.base_layer(x) + s * F.linear(F.linear(x_a, self.lora_A), self.lora_B)
 
     def delta_weight(self) -> Tensor:
         """s * B A: (out, in)."""
@@ -155,7 +157,10 @@ class LoRALinear(AdapterLayer):
         }
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scaling={self.scaling:g}, merged={self.merged}"
+        return (
+            f"rank={self.rank}, scaling={self.scaling:g}, dropout={self.dropout:g}, "
+            f"merged={self.merged}"
+        )
 
 
 def _check_rank(rank: int) -> None:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import PatchMerging, SwinTransformer, WindowAttention
 from torch import Tensor, nn
 
+from mtlora_lite.functional import lora_dropout
 from mtlora_lite.lora import LoRALinear, inject_adapters, mark_only_adapters_trainable
 
 TaskOutput = Literal["official", "with_shared"]
@@ -173,7 +174,7 @@ class MTLoRALinear(LoRALinear):
         (proj after the shared attention). As in the official code, dropout applies to x only.
         """
         base = F.linear(x, self.base_layer.weight, self.base_layer.bias)  # the one dense matmul
-        x = self.dropout(x)
+        x = lora_dropout(x, self.dropout if self.training else 0.0)
         if self.merged and self.task_output == "with_shared":
             shared = task_base = base  # W already holds the shared update
         else:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_lite.functional import _compute_dtype
+from mtlora_lite.functional import _compute_dtype, dropout_mask
 from mtlora_lite.lora import AdapterLayer, LoRALinear, Targets, _check_rank, inject_adapters
 
 INITS = ("hydra", "rlora", "rlora_centered")
@@ -199,7 +199,7 @@ class MultiHeadLoRALinear(AdapterLayer):
     def _dropout_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """Keep-mask scaled by 1 / (1 - p), of ``shape``; tests replace it to fix the masks."""
         p = self.dropout
-        return torch.empty(shape, device=like.device, dtype=like.dtype).bernoulli_(1 - p) / (1 - p)
+        return dropout_mask(shape, p, like.device).logical_not_().to(like.dtype) / (1 - p)
 
     def router_weights(self, x: Tensor) -> Tensor:
         """Routing weights w(x): (..., in) -> (..., n), each row sums to 1."""

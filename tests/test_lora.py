@@ -9,6 +9,7 @@ import timm
 import torch
 from torch import nn
 
+from mtlora_lite.functional import dropout_mask
 from mtlora_lite.lora import (
     AdapterLayer,
     LoRALinear,
@@ -77,9 +78,10 @@ def test_default_alpha_gives_unit_scale() -> None:
     assert LoRALinear(nn.Linear(4, 4), rank=8).scaling == 1.0
 
 
-def test_dropout_only_on_lora_branch() -> None:
+@pytest.mark.parametrize("frozen", [True, False])
+def test_dropout_only_on_lora_branch(frozen: bool) -> None:
     torch.manual_seed(0)
-    base = nn.Linear(16, 16)
+    base = nn.Linear(16, 16).requires_grad_(not frozen)  # frozen: the fused path
     lora = LoRALinear(base, rank=4, dropout=0.5).train()
     x = torch.randn(64, 16)
     # With B = 0 dropout cannot change the output; with non-zero B it changes only the LoRA term.
@@ -88,9 +90,11 @@ def test_dropout_only_on_lora_branch() -> None:
     torch.manual_seed(3)
     out1 = lora(x)
     torch.manual_seed(3)
-    mask_x = nn.functional.dropout(x, 0.5, training=True)
-    ref = base(x) + lora.scaling * (mask_x @ lora.lora_A.T @ lora.lora_B.T)
+    x_a = x.masked_fill(dropout_mask(x.shape, 0.5, x.device), 0.0) / 0.5
+    ref = base(x) + lora.scaling * (x_a @ lora.lora_A.T @ lora.lora_B.T)
     torch.testing.assert_close(out1, ref)
+    ref_eval = base(x) + lora.scaling * (x @ lora.lora_A.T @ lora.lora_B.T)
+    torch.testing.assert_close(lora.eval()(x), ref_eval)  # no dropout in eval mode
 
 
 def test_merge_equals_unmerged_and_unmerge_restores() -> None:

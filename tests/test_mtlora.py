@@ -236,7 +236,7 @@ def test_per_stage_and_per_task_ranks_and_counts() -> None:
 def test_scale_rule_dropout_and_config_in_adapter() -> None:
     swin = mtlora_swin(alpha=8.0, task_rank={"seg": 2, "depth": 4, "cls": 8}, dropout=0.05)
     proj = swin.layers[1].blocks[-1].attn.proj
-    assert proj.scaling == 8.0 / 4 and proj.dropout.p == 0.05
+    assert proj.scaling == 8.0 / 4 and proj.dropout == 0.05
     assert {t: b.scaling for t, b in proj.tasks.items()} == {"seg": 4.0, "depth": 2.0, "cls": 1.0}
     fixed = mtlora_swin(shared_rank=64).layers[0].blocks[0].mlp.fc1
     assert fixed.scaling == 4.0 and len(fixed.tasks) == 0
