@@ -346,11 +346,13 @@ def task_streams(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     finally:
         proj._streams_in_batch = False
     z = x.unsqueeze(0) + block.drop_path1(a).view(s, b, h, w, c)  # (S, B, H, W, C)
-    u = block.norm2(z).view(s, b * h * w, c)
+    # split, not z[0] / z[1:]: indexing would zero-fill a full-size gradient per slice in backward
+    u_s, u_t = block.norm2(z).view(s, b * h * w, c).split([1, s - 1])
     mlp = block.mlp
-    us, ut = fc1.forward_streams(u[0], u[1:])  # W acts on the shared stream only
+    us, ut = fc1.forward_streams(u_s.squeeze(0), u_t)  # W acts on the shared stream only
     us, ut = (mlp.norm(mlp.drop1(mlp.act(v))) for v in (us, ut))  # (N, hidden), (T, N, hidden)
     us, ut = (mlp.drop2(v) for v in fc2.forward_streams(us, ut))  # (N, C), (T, N, C)
-    shared = z[0] + block.drop_path2(us.view(b, h, w, c))
-    tasks = z[1:] + block.drop_path2(ut.view((s - 1) * b, h, w, c)).view(s - 1, b, h, w, c)
+    z_s, z_t = z.split([1, s - 1])
+    shared = z_s.squeeze(0) + block.drop_path2(us.view(b, h, w, c))
+    tasks = z_t + block.drop_path2(ut.view((s - 1) * b, h, w, c)).view(s - 1, b, h, w, c)
     return shared, tasks
