@@ -10,9 +10,10 @@ multi-scale decoders: multi-task full fine-tuning, shared LoRA (r=16) and MTLoRA
     python benchmarks/bench.py --compile                # also torch.compile'd variants
     python benchmarks/bench.py --profile-ops            # + profiler time by kernel family
 
-A step is forward + loss + backward + AdamW step. Each variant is timed after warm-up, with device
-synchronisation, as the median of several repeats; peak memory is CUDA's max allocated (not
-measured on CPU). Only ratios within one run mean something: the machines are noisy.
+A step is forward + loss + backward + AdamW step. The variants of a group are built and warmed up,
+then timed round-robin (one step of each per round, device synchronised) and each reported as the
+median of its rounds; peak memory is what the variant allocated on CUDA (not measured on CPU).
+Only ratios within one run mean something: the machines are noisy.
 """
 
 from __future__ import annotations
@@ -172,34 +173,28 @@ def _loss(out: Tensor | dict[str, Tensor], labels: Tensor) -> Tensor:
     return F.cross_entropy(out, labels)
 
 
-def time_steps(
-    model: nn.Module, batch: Tensor, labels: Tensor, amp: bool, warmup: int, repeats: int
-) -> float:
-    """Median milliseconds of one training step."""
+def make_step(model: nn.Module, batch: Tensor, labels: Tensor, amp: bool) -> Callable[[], None]:
+    """One training step of ``model`` (forward, loss, backward, AdamW step) as a closure."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    device = batch.device
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
             loss = _loss(model(batch), labels)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    return step
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+
+def timed_ms(step: Callable[[], None], device: torch.device) -> float:
+    """Milliseconds of one call of ``step``, with the device synchronised before and after."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
+    start = time.perf_counter()
+    step()
+    sync()
+    return 1000 * (time.perf_counter() - start)
 
 
 def _inputs(
@@ -213,34 +208,63 @@ def _inputs(
     return base, batch, labels
 
 
+def run_group(
+    base: nn.Module,
+    variants: dict[str, Callable[[nn.Module], nn.Module]],
+    batch: Tensor,
+    labels: Tensor,
+    args: argparse.Namespace,
+    compiled: bool,
+) -> dict[str, tuple[float, float | None, int]]:
+    """{variant: (median step ms, peak MiB or None, trainable parameters)} for one group.
+
+    Every variant is built and warmed up first (its peak memory is what it allocated itself:
+    weights, gradients, optimizer state, activations); then the steps are timed round-robin,
+    one step of each variant per round, so that a machine slowing down mid-run affects all
+    variants alike.
+    """
+    device, cuda = batch.device, batch.is_cuda
+    amp = cuda
+    steps: dict[str, Callable[[], None]] = {}
+    info: dict[str, tuple[float | None, int]] = {}
+    for variant, build in variants.items():
+        try:
+            model = build(copy.deepcopy(base))
+        except ImportError as err:
+            print(f"  skip {variant}: {err}")
+            continue
+        before = torch.cuda.memory_allocated() if cuda else 0
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        model = model.to(device).train()
+        trainable = count_parameters(model)[0]
+        steps[variant] = make_step(torch.compile(model) if compiled else model, batch, labels, amp)
+        for _ in range(args.warmup):
+            steps[variant]()
+        peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None
+        info[variant] = (peak, trainable)
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    for _ in range(args.repeats):
+        for variant, step in steps.items():
+            times[variant].append(timed_ms(step, device))
+    return {v: (statistics.median(times[v]), *info[v]) for v in steps}
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device)
-    amp = device.type == "cuda"
     rows: list[Row] = []
     modes = ["eager", "compiled"] if args.compile else ["eager"]
     for model_name in args.models:
         base, batch, labels = _inputs(model_name, args, device)
         for mode, (group, variants) in itertools.product(modes, GROUPS.items()):
-            reference_ms = None
-            for variant, build in variants.items():
-                try:
-                    model = build(copy.deepcopy(base)).to(device).train()
-                except ImportError as err:
-                    print(f"  skip {variant}: {err}")
-                    continue
-                trainable = count_parameters(model)[0]
-                if mode == "compiled":
-                    model = torch.compile(model)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                ms = time_steps(model, batch, labels, amp, args.warmup, args.repeats)
-                peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-                reference_ms = reference_ms or ms
+            results = run_group(base, variants, batch, labels, args, mode == "compiled")
+            reference_ms = next(iter(results.values()))[0]
+            for variant, (ms, peak, trainable) in results.items():
                 ratio = ms / reference_ms
                 rows.append(Row(model_name, group, variant, mode, ms, ratio, peak, trainable))
                 print(f"  {model_name:<30} {mode:<8} {variant:<30} {ms:8.1f} ms  {ratio:5.2f}x")
-                del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
@@ -254,22 +278,17 @@ FAMILIES = {  # aten op name fragments -> kernel family, first match wins
 }
 
 
-def op_families(model: nn.Module, batch: Tensor, labels: Tensor, amp: bool) -> dict[str, float]:
-    """Self time (ms) of one training step by kernel family, from ``torch.profiler``."""
+def op_families(step: Callable[[], None], cuda: bool) -> dict[str, float]:
+    """Self time (ms) of one call of ``step`` (after one warm-up call) by kernel family."""
     from torch.profiler import ProfilerActivity, profile
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if batch.is_cuda else [])
-    for _ in range(2):  # one warm-up step, then the profiled one (the last `prof` is kept)
-        with profile(activities=activities, record_shapes=False) as prof:
-            with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = _loss(model(batch), labels)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=False) as prof:
+        step()
     families: dict[str, float] = dict.fromkeys([*FAMILIES, "other"], 0.0)
     for event in prof.key_averages():
-        us = event.self_device_time_total if batch.is_cuda else event.self_cpu_time_total
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
         name = event.key.removeprefix("aten::")
         if not event.key.startswith("aten::"):
             continue
@@ -278,18 +297,30 @@ def op_families(model: nn.Module, batch: Tensor, labels: Tensor, amp: bool) -> d
     return families
 
 
+PROFILED = [  # (group, variant) pairs that --profile-ops breaks down
+    ("classification", "full fine-tuning"),
+    ("classification", f"lora r={RANK} (mtlora_lite)"),
+    ("dense, 4 tasks", "multi-task full fine-tuning"),
+    ("dense, 4 tasks", f"shared lora r={RANK}"),
+    ("dense, 4 tasks", f"mtlora r={RANK}, task r=4"),
+]
+
+
 def profile_variants(args: argparse.Namespace) -> None:
-    """Print the kernel-family breakdown of full fine-tuning and LoRA on the first model."""
+    """Print the kernel-family breakdown of the ``PROFILED`` variants on the first model."""
     device = torch.device(args.device)
+    cuda = device.type == "cuda"
     base, batch, labels = _inputs(args.models[0], args, device)
     table = {}
-    for variant in ("full fine-tuning", f"lora r={RANK} (mtlora_lite)"):
-        model = GROUPS["classification"][variant](copy.deepcopy(base)).to(device).train()
-        table[variant] = op_families(model, batch, labels, device.type == "cuda")
+    for group, variant in PROFILED:
+        model = GROUPS[group][variant](copy.deepcopy(base)).to(device).train()
+        table[variant] = op_families(make_step(model, batch, labels, cuda), cuda)
+        del model
     print(f"\nself time by kernel family, one step, {args.models[0]} (ms)")
-    print(f"{'family':<22}" + "".join(f"{v:>30}" for v in table))
+    print("| family | " + " | ".join(table) + " |")
+    print("|---|" + "---:|" * len(table))
     for family in table["full fine-tuning"]:
-        print(f"{family:<22}" + "".join(f"{t[family]:>30.1f}" for t in table.values()))
+        print(f"| {family} | " + " | ".join(f"{t[family]:.1f}" for t in table.values()) + " |")
 
 
 def format_rows(rows: list[Row]) -> str:
