@@ -49,7 +49,7 @@ from mtlora_lite.scenes import DOWNSTREAM, PRETRAIN, SceneConfig, generate_scene
 from mtlora_lite.tasks import Task, build_tasks, delta_m, primary_metrics
 from mtlora_lite.train import Callback, History, evaluate, fit, resolve_device, seed_everything
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "COURSE_SWIN_CONFIG",

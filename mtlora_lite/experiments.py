@@ -9,8 +9,8 @@ shuffling) and are the same for every method with that seed, so single-task and 
 are measured on the same images.
 
 Each result is cached as JSON under ``cache_dir`` (default ``outputs/cache``, git-ignored), keyed
-by everything that defines the run (recipe, method, options, tasks, seed, device type and the
-sha256 of the backbone checkpoint). A cached result is a real measurement of exactly that run,
+by everything that defines the run (recipe, method, options, tasks, seed, device type, the
+sha256 of the backbone checkpoint and the package version, bumped when results change). A cached result is a real measurement of exactly that run,
 made earlier (notebook 03 reuses the single-task references notebook 02 measured); delete the
 folder or pass ``cache_dir=None`` to measure again.
 """
@@ -110,7 +110,10 @@ def _spec(
     device: str,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Everything that defines a run: its cache key (device type, backbone checksum included)."""
+    """Everything that defines a run: its cache key (device type, backbone checksum and package
+    version included)."""
+    from mtlora_lite import __version__  # here: the package imports this module
+
     return dict(
         kind=kind,
         name=name,
@@ -120,6 +123,7 @@ def _spec(
         options=options,
         device=resolve_device(device).type,
         backbone=load_course_card()["sha256"],
+        package=__version__,
         **extra,
     )
 
