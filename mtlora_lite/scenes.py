@@ -38,11 +38,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mtlora_lite.primitives import PRIMITIVES, TEXTURES, intersect, rotation
 
 CAMERA_Z = 2.5  # rays start on the plane z = CAMERA_Z; depth = distance from that plane
 FAR = 5.0  # depth of background pixels (every object is nearer)
@@ -52,90 +53,6 @@ PART_NAMES = ("background", "top", "lit body", "shadowed body")
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals", "depth", "edges")
 IMAGE_TASKS = ("count", "shape", "colour")
 
-
-# ---- background textures: pixel coords x, y (H, W), params u (4, n, 1, 1) -> weights (n, H, W)
-def _turn(x: Tensor, y: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    c, s = torch.cos(math.pi * u), torch.sin(math.pi * u)
-    return x * c + y * s, y * c - x * s
-
-
-def _stripes(x: Tensor, y: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-    return (torch.sin(math.pi * (2 + 4 * u[1]) * _turn(x, y, u[0])[0] + 7 * u[2]) > 0).float()
-
-
-def _checkers(x: Tensor, y: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-    (xr, yr), f = _turn(x, y, u[0]), math.pi * (2 + 3 * u[1])
-    return (torch.sin(f * xr + 7 * u[2]) * torch.sin(f * yr + 7 * u[3]) > 0).float()
-
-
-def _blobs(x: Tensor, y: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-    smooth = F.interpolate(noise, size=x.shape, mode="bilinear", align_corners=False)[:, 0]
-    return torch.sigmoid(12 * (smooth - 0.5))
-
-
-def _gradient(x: Tensor, y: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-    return (0.5 + 0.6 * _turn(x, y, 2 * u[0])[0]).clamp(0, 1)
-
-
-def _rings(x: Tensor, y: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-    r = torch.hypot(x - 2 * u[0] + 1, y - 2 * u[1] + 1)
-    return 0.5 + 0.5 * torch.sin(math.pi * (2 + 4 * u[2]) * r + 7 * u[3])
-
-
-def _dots(x: Tensor, y: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-    (xr, yr), f = _turn(x, y, u[0]), 2 + 3 * u[1]
-    return (
-        (torch.frac(f * xr + 9) - 0.5) ** 2 + (torch.frac(f * yr + 9) - 0.5) ** 2 < 0.08
-    ).float()
-
-
-def _plaid(x: Tensor, y: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-    xr, yr = _turn(x, y, u[0])
-    return 0.5 + 0.25 * (
-        torch.sin(math.pi * (2 + 4 * u[1]) * xr) + torch.sin(math.pi * (2 + 4 * u[2]) * yr)
-    )
-
-
-def _waves(x: Tensor, y: Tensor, u: Tensor, noise: Tensor) -> Tensor:
-    xr, yr = _turn(x, y, u[0])
-    bend = 2 * torch.sin(math.pi * (1 + 2 * u[2]) * yr)
-    return 0.5 + 0.5 * torch.sin(math.pi * (1 + 2 * u[1]) * xr + bend)
-
-
-TEXTURES = {
-    f.__name__[1:]: f
-    for f in (_stripes, _checkers, _blobs, _gradient, _rings, _dots, _plaid, _waves)
-}
-
-
-# ---- primitives
-class Primitive(NamedTuple):
-    """A solid in its unit frame: quadric (a, b, e, f) <= 0 and half-spaces normal . p <= 1."""
-
-    quadric: tuple[float, float, float, float]
-    normals: tuple[tuple[float, float, float], ...]
-    aspect: tuple[float, float]  # range of half-height / half-width
-    radius: float  # largest distance from the up axis in the unit frame
-    tip: float  # unit-frame height above which a pixel is "top" (2 = never)
-
-
-_SOLID = (0.0, 0.0, 0.0, -1.0)  # a quadric negative everywhere: the half-spaces make the shape
-_CAPS = ((0.0, 1.0, 0.0), (0.0, -1.0, 0.0))
-_BOX = (*_CAPS, (1.0, 0.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, 0.0, -1.0))
-_HEX = tuple((math.cos(k * math.pi / 3), 0.0, math.sin(k * math.pi / 3)) for k in range(6))
-_PYRAMID = ((0.0, -1.0, 0.0), (2.0, 1.0, 0.0), (-2.0, 1.0, 0.0), (0.0, 1.0, 2.0), (0.0, 1.0, -2.0))
-_OCTAHEDRON = tuple((x, y, z) for x in (1.0, -1.0) for y in (1.0, -1.0) for z in (1.0, -1.0))
-# e.g. sphere x^2 + y^2 + z^2 <= 1; cylinder x^2 + z^2 <= 1, |y| <= 1; cone x^2 + z^2 <=
-# ((1 - y) / 2)^2 (apex at y = 1), |y| <= 1; cube |x|, |y|, |z| <= 1
-PRIMITIVES: dict[str, Primitive] = {
-    "sphere": Primitive((1.0, 1.0, 0.0, -1.0), (), (1.0, 1.0), 1.0, 2.0),
-    "cube": Primitive(_SOLID, _BOX, (1.0, 1.0), math.sqrt(2), 2.0),
-    "cylinder": Primitive((1.0, 0.0, 0.0, -1.0), _CAPS, (0.6, 1.3), 1.0, 2.0),
-    "cone": Primitive((1.0, -0.25, 0.5, -0.25), _CAPS, (0.8, 1.3), 1.0, 1 / 3),
-    "pyramid": Primitive(_SOLID, _PYRAMID, (0.7, 1.2), math.sqrt(2), 1 / 3),
-    "octahedron": Primitive(_SOLID, _OCTAHEDRON, (1.0, 1.3), 1.0, 1 / 3),
-    "prism": Primitive(_SOLID, _CAPS + _HEX, (0.5, 1.2), 2 / math.sqrt(3), 2.0),
-}
 
 RGB = tuple[float, float, float]
 DOWNSTREAM_PALETTE: tuple[tuple[str, RGB], ...] = (
@@ -370,14 +287,14 @@ def _render(p: dict[str, Tensor], cfg: SceneConfig, out: dict[str, Tensor]) -> N
         kind, scale, (cx, cy) = p["kind"][idx, j], p["scale"][idx, j], p["xy"][idx, j].unbind(-1)
         col = (((cx + 1) * size / 2).floor().long() - crop // 2)[:, None] + steps  # (n_j, crop)
         row = (((1 - cy) * size / 2).floor().long() - crop // 2)[:, None] + steps
-        rot = _rotation(p["yaw"][idx, j], p["elevation"][idx])
+        rot = rotation(p["yaw"][idx, j], p["elevation"][idx])
         axes = rot / scale[:, None, :]  # rows: camera x, y, z axes in the unit frame
         x0 = (col + 0.5) * 2 / size - 1 - cx[:, None]  # ray origins relative to the centre
         y0 = 1 - (row + 0.5) * 2 / size - cy[:, None]
         z0 = CAMERA_Z - p["z"][idx, j]
         across = x0[:, :, None] * axes[:, None, 0] + (z0[:, None] * axes[:, 2])[:, None]
         down = y0[:, :, None] * axes[:, None, 1]  # ray origins = across + down, unit frame
-        origin, t, face, flat = _intersect(
+        origin, t, face, flat = intersect(
             across[:, None], down[:, :, None], -axes[:, 2], quadrics[kind], normals[kind]
         )
         inside = ((row >= 0) & (row < size))[:, :, None] & ((col >= 0) & (col < size))[:, None, :]

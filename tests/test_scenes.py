@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlora_lite import scenes
+from mtlora_lite import primitives, scenes
 from mtlora_lite.plots import show_scenes
+from mtlora_lite.primitives import PRIMITIVES
 from mtlora_lite.scenes import (
     DOWNSTREAM,
     FAR,
     PRETRAIN,
-    PRIMITIVES,
     SceneConfig,
     class_names,
     generate_scenes,
@@ -120,13 +120,13 @@ def test_ray_hits_by_hand() -> None:
     across = torch.tensor([[0.0, 0.0, 5.0]] * 3 + [[0.5, 0.0, 5.0]])[:, None, None, :]
     down = torch.zeros(4, 1, 1, 3)
     d = torch.tensor([[0.0, 0.0, -1.0]] * 4)
-    _, t, face, on_face = scenes._intersect(across, down, d, quadric, normals)
+    _, t, face, on_face = primitives.intersect(across, down, d, quadric, normals)
     expected = torch.tensor([4.0, 4.0, 4.0, 5 - math.sqrt(0.75)])
     assert torch.allclose(t.flatten(), expected, atol=1e-5)
     assert on_face.flatten()[0] and not on_face.flatten()[1]
     assert torch.equal(normals[0, face.flatten()[0]], torch.tensor([0.0, 0.0, 1.0]))
     miss = torch.tensor([[1.5, 0.0, 5.0]])[:, None, None, :]
-    assert scenes._intersect(miss, down[:1], d[:1], quadric[1:2], normals[1:2])[1].isinf().all()
+    assert primitives.intersect(miss, down[:1], d[:1], quadric[1:2], normals[1:2])[1].isinf().all()
 
 
 def test_pretrain_distribution_differs() -> None:
