@@ -9,10 +9,10 @@ shuffling) and are the same for every method with that seed, so single-task and 
 are measured on the same images.
 
 Each result is cached as JSON under ``cache_dir`` (default ``outputs/cache``, git-ignored), keyed
-by everything that defines the run (recipe, method, options, tasks, seed, device type, the
-sha256 of the backbone checkpoint and the package version, bumped when results change). A cached result is a real measurement of exactly that run,
-made earlier (notebook 03 reuses the single-task references notebook 02 measured); delete the
-folder or pass ``cache_dir=None`` to measure again.
+by everything that defines the run (recipe, method, options, tasks, seed, device type, the sha256
+of the backbone checkpoint and the package version, bumped when results change). A cached result
+is a real measurement of exactly that run, made earlier (notebook 03 reuses the single-task
+references notebook 02 measured); delete the folder or pass ``cache_dir=None`` to measure again.
 """
 
 from __future__ import annotations
