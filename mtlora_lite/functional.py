@@ -7,9 +7,10 @@ stacked weight:
     [y0 | u] = x [W; A]^T + [b | 0]        y0: (N, out), u = A x: (N, r)
     y        = y0 + s * u B^T              (addmm: the add happens in the GEMM epilogue)
 
-With dropout, A reads the masked input x_a = m * x instead (u = A x_a; the 1 / (1 - p) is folded
-into s by the caller) and the base GEMM is separate. Backward reads the output gradient g once for
-both input-gradient paths, and never forms the (out, in) weight gradient a frozen W does not need:
+With dropout, A reads the masked input x_a = m * x instead (m: 0 where dropped, else 1; u = A x_a;
+1 / (1 - p) is folded into s by the caller) and the base GEMM is separate. Backward reads the
+output gradient g once for both input-gradient paths, and never forms the (out, in) weight
+gradient that a frozen W does not need:
 
     [gx | v] = g [W | s B]                 v = s g B: (N, r)
     dx = gx + m * (v A),   dA = v^T x_a,   dB = s g^T u
