@@ -146,56 +146,6 @@ def class_names(config: SceneConfig, task: str) -> list[str]:
     return names[task]
 
 
-# ---- ray casting
-def _rotation(yaw: Tensor, elevation: Tensor) -> Tensor:
-    """Object-to-camera rotations (n, 3, 3): yaw about the object's up axis, then camera tilt."""
-    cy, sy, ce, se = yaw.cos(), yaw.sin(), elevation.cos(), elevation.sin()
-    one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
-    r_yaw = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).view(-1, 3, 3)
-    r_tilt = torch.stack([one, zero, zero, zero, ce, -se, zero, se, ce], -1).view(-1, 3, 3)
-    return r_tilt @ r_yaw
-
-
-def _intersect(
-    across: Tensor, down: Tensor, d: Tensor, quadric: Tensor, normals: Tensor
-) -> tuple[Tensor, ...]:
-    """First hits of parallel rays with quadric-and-half-space solids, in their unit frames.
-
-    Ray origins are ``across + down``: (n, 1, S, 3) + (n, S, 1, 3) -> (n, S, S, 3); d (n, 3)
-    is one direction per solid, quadric (n, 4), normals (n, P, 3). Returns the ray origins,
-    t (n, S, S) (inf = miss), the entry face (n, S, S) and whether the hit is on that face
-    rather than on the quadric (n, S, S).
-    """
-    # half-spaces (slab method): the ray is inside all of them for t_in <= t <= t_out, where
-    # t = (1 - origin . normal) / (d . normal) per plane, summed from its across and down parts
-    den = torch.einsum("nk,npk->np", d, normals)
-    den = torch.where(den.abs() < 1e-9, 1e-9, den)[:, None, None, :]  # parallel: never enters
-    t_across = (1 - across @ normals.transpose(1, 2)[:, None]) / den  # (n, 1, S, P)
-    t_down = -(down @ normals.transpose(1, 2)[:, None]) / den  # (n, S, 1, P)
-    t_in, face = (t_across + torch.where(den < 0, 0.0, -math.inf) + t_down).max(-1)
-    t_out = (t_across + torch.where(den > 0, 0.0, math.inf) + t_down).amin(-1)
-    # quadric along the ray: qa t^2 + qb t + qc, roots by the numerically stable formula
-    a, b, e, f = (c[:, None, None] for c in quadric.unbind(-1))
-    dx, dy, dz = (c[:, None, None] for c in d.unbind(-1))
-    origin = across + down
-    ox, oy, oz = origin.unbind(-1)
-    qa = a * (dx**2 + dz**2) + b * dy**2
-    qb = 2 * a * (ox * dx + oz * dz) + (2 * b * oy + e) * dy
-    qc = a * (ox**2 + oz**2) + (b * oy + e) * oy + f
-    disc = qb**2 - 4 * qa * qc
-    q = -0.5 * (qb + torch.where(qb >= 0, 1.0, -1.0) * disc.clamp_min(0).sqrt())
-    roots = torch.stack([q / qa, qc / q], -1)
-    # the hit: the slab entry if it lies inside the quadric, else the root inside the slab
-    # where the ray enters the quadric (Q decreasing: 2 qa t + qb < 0)
-    tol = 1e-5
-    on_face = (t_in > -math.inf) & (t_in <= t_out) & (qa * t_in**2 + qb * t_in + qc <= tol)
-    ok = (disc >= 0)[..., None] & (2 * qa[..., None] * roots + qb[..., None] < 0)
-    ok &= (roots >= t_in[..., None] - tol) & (roots <= t_out[..., None] + tol)
-    t_root = torch.where(ok, roots, math.inf).amin(-1)
-    t_face = torch.where(on_face, t_in, math.inf)
-    return origin, torch.minimum(t_face, t_root), face, t_face <= t_root
-
-
 def _sample(n: int, cfg: SceneConfig, g: torch.Generator) -> dict[str, Tensor]:
     """All random choices for n scenes, drawn up front so that chunking never changes a scene."""
     m, k = cfg.max_objects, cfg.grid
