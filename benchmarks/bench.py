@@ -45,9 +45,9 @@ from mtlora_lite import (
     inject_multihead_lora,
     mark_only_adapters_trainable,
 )
-from mtlora_lite.models import PAPER_TASKS
+from mtlora_lite.adapters.lora import TIMM_TARGETS as TARGETS
+from mtlora_lite.multitask.models import PAPER_TASKS
 
-TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
 RANK = 16
 HEADS = 4  # multi-head LoRA: HEADS heads of rank RANK // HEADS, rank-matched to LoRA r=RANK
 
@@ -125,7 +125,7 @@ GROUPS: dict[str, dict[str, Callable[[nn.Module], nn.Module]]] = {
     },
     "dense, 4 tasks": {
         "multi-task full fine-tuning": _dense("full"),
-        f"shared lora r={RANK}": _dense("lora"),
+        f"shared lora r={RANK}": _dense("shared_lora"),
         f"mtlora r={RANK}, task r=4": _dense("mtlora"),
     },
 }

@@ -1,31 +1,21 @@
 """mtlora_lite: LoRA, MTLoRA and R-LoRA for timm vision transformers, small enough to read.
 
-Adapters (need only torch and, for MTLoRA, timm's Swin): ``lora``, ``functional``, ``mtlora``,
-``multihead``, ``saving``. Models: ``backbones``, ``decoders``, ``models``. Data and tasks:
-``scenes``, ``data``, ``tasks``. Training: ``train``, ``pretrain``. Reading results: ``analysis``,
-``plots``, ``notebook``.
+The package has three rooms, whose imports point one way (course -> multitask -> adapters):
+
+- ``mtlora_lite.adapters``: the layers (torch only; timm for the Swin parts). Lift them into any
+  project: LoRA, multi-head LoRA / R-LoRA, MTLoRA on timm Swin, saving, parameter breakdowns.
+- ``mtlora_lite.multitask``: tasks and metrics, decoders, multi-task models, the trainer.
+- ``mtlora_lite.course``: what the course needs besides (procedural scenes, the course Swin,
+  recipes, run records, figures, widgets). Import it as ``mtlora_lite.course.<module>``.
+
+This module exports the library (the first two rooms) only, grouped by purpose.
 """
 
-from mtlora_lite.analysis import (
-    Breakdown,
-    HeadSimilarityRecorder,
-    count_parameters,
-    head_cosine_matrix,
-    head_similarity,
-    router_statistics,
-    trainable_breakdown,
-)
-from mtlora_lite.backbones import (
-    COURSE_SWIN_CONFIG,
-    build_course_swin,
-    feature_channels,
-    load_backbone,
-    load_course_card,
-    stage_features,
-)
-from mtlora_lite.data import make_loaders, make_mixture_loaders, mixture_layout
-from mtlora_lite.functional import fused_lora_linear
-from mtlora_lite.lora import (
+# ruff: noqa: I001 (the imports are grouped by purpose, not sorted)
+from importlib.metadata import version
+
+# LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect
+from mtlora_lite.adapters.lora import (
     AdapterLayer,
     LoRALinear,
     adapter_layers,
@@ -34,76 +24,84 @@ from mtlora_lite.lora import (
     linear_names,
     mark_only_adapters_trainable,
     merge_adapters,
-    name_matches,
     unmerge_adapters,
 )
-from mtlora_lite.models import MultiTaskNet, build_model, paper_breakdown
-from mtlora_lite.mtlora import MTLoRAConfig, MTLoRALinear, inject_mtlora, mark_mtlora_trainable
-from mtlora_lite.multihead import (
+
+# Multi-head LoRA (HydraLoRA) and R-LoRA
+from mtlora_lite.adapters.multihead import (
+    MultiHeadConfig,
     MultiHeadLoRALinear,
     inject_multihead_lora,
     inject_rank_matched_lora,
 )
-from mtlora_lite.saving import adapter_state_dict, load_adapters, save_adapters
-from mtlora_lite.scenes import DOWNSTREAM, PRETRAIN, SceneConfig, generate_scenes
-from mtlora_lite.tasks import Task, build_tasks, delta_m, primary_metrics
-from mtlora_lite.train import Callback, History, evaluate, fit, resolve_device, seed_everything
 
-__version__ = "0.2.0"
+# MTLoRA on a timm Swin
+from mtlora_lite.adapters.mtlora import MTLoRAConfig, MTLoRALinear
+from mtlora_lite.adapters.swin import SwinTaskEncoder, inject_mtlora, mark_mtlora_trainable
 
-__all__ = [
-    "COURSE_SWIN_CONFIG",
-    "DOWNSTREAM",
-    "PRETRAIN",
+# Adapter files, parameter counts, multi-head diagnostics
+from mtlora_lite.adapters.saving import load_adapters, save_adapters
+from mtlora_lite.adapters.breakdown import Breakdown, count_parameters, trainable_breakdown
+from mtlora_lite.adapters.heads import head_similarity, router_statistics
+
+# Multi-task models, tasks and training
+from mtlora_lite.multitask.models import MultiTaskNet, build_model, paper_breakdown
+from mtlora_lite.multitask.tasks import Task, delta_m, primary_metrics, relative_changes
+from mtlora_lite.multitask.train import (
+    Callback,
+    HeadSimilarityRecorder,
+    History,
+    evaluate,
+    fit,
+    resolve_device,
+    seed_everything,
+)
+
+__version__ = version("mtlora-lite")
+
+__all__ = [  # noqa: RUF022 (grouped as the imports above)
+    # LoRA
     "AdapterLayer",
+    "LoRALinear",
+    "adapter_layers",
+    "inject_adapters",
+    "inject_lora",
+    "linear_names",
+    "mark_only_adapters_trainable",
+    "merge_adapters",
+    "unmerge_adapters",
+    # multi-head LoRA / R-LoRA
+    "MultiHeadConfig",
+    "MultiHeadLoRALinear",
+    "inject_multihead_lora",
+    "inject_rank_matched_lora",
+    # MTLoRA
+    "MTLoRAConfig",
+    "MTLoRALinear",
+    "SwinTaskEncoder",
+    "inject_mtlora",
+    "mark_mtlora_trainable",
+    # files, counts, diagnostics
     "Breakdown",
+    "count_parameters",
+    "head_similarity",
+    "load_adapters",
+    "router_statistics",
+    "save_adapters",
+    "trainable_breakdown",
+    # multi-task models, tasks, training
     "Callback",
     "HeadSimilarityRecorder",
     "History",
-    "LoRALinear",
-    "MTLoRAConfig",
-    "MTLoRALinear",
-    "MultiHeadLoRALinear",
     "MultiTaskNet",
-    "SceneConfig",
     "Task",
-    "adapter_layers",
-    "adapter_state_dict",
-    "build_course_swin",
     "build_model",
-    "build_tasks",
-    "count_parameters",
     "delta_m",
     "evaluate",
-    "feature_channels",
     "fit",
-    "fused_lora_linear",
-    "generate_scenes",
-    "head_cosine_matrix",
-    "head_similarity",
-    "inject_adapters",
-    "inject_lora",
-    "inject_mtlora",
-    "inject_multihead_lora",
-    "inject_rank_matched_lora",
-    "linear_names",
-    "load_adapters",
-    "load_backbone",
-    "load_course_card",
-    "make_loaders",
-    "make_mixture_loaders",
-    "mark_mtlora_trainable",
-    "mark_only_adapters_trainable",
-    "merge_adapters",
-    "mixture_layout",
-    "name_matches",
     "paper_breakdown",
     "primary_metrics",
+    "relative_changes",
     "resolve_device",
-    "router_statistics",
-    "save_adapters",
     "seed_everything",
-    "stage_features",
-    "trainable_breakdown",
-    "unmerge_adapters",
 ]

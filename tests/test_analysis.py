@@ -5,8 +5,8 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from mtlora_lite.analysis import count_parameters, trainable_breakdown
-from mtlora_lite.lora import inject_lora, mark_only_adapters_trainable
+from mtlora_lite.adapters.breakdown import count_parameters, trainable_breakdown
+from mtlora_lite.adapters.lora import inject_lora, mark_only_adapters_trainable
 
 
 def test_breakdown_on_swin_tiny_is_exact() -> None:

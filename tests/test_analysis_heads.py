@@ -10,28 +10,23 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from mtlora_lite.analysis import (
-    HeadSimilarityRecorder,
-    head_cosine_matrix,
-    head_similarity,
-    router_statistics,
-)
-from mtlora_lite.multihead import MultiHeadLoRALinear, inject_multihead_lora
-from mtlora_lite.plots import (
+from mtlora_lite.adapters.heads import head_cosine_matrix, head_similarity, router_statistics
+from mtlora_lite.adapters.multihead import MultiHeadLoRALinear, inject_multihead_lora
+from mtlora_lite.course.plots import (
     plot_head_cosine_matrix,
     plot_head_similarity,
     plot_head_similarity_curves,
     plot_per_task_accuracy,
     split_layer_name,
 )
-from mtlora_lite.train import fit
+from mtlora_lite.multitask.train import HeadSimilarityRecorder, fit
 
 
 def layer(
     n_heads: int = 2, rank: int = 2, d_in: int = 3, d_out: int = 2, **kw
 ) -> MultiHeadLoRALinear:
     torch.manual_seed(0)
-    return MultiHeadLoRALinear(nn.Linear(d_in, d_out), n_heads, rank, **kw)
+    return MultiHeadLoRALinear(nn.Linear(d_in, d_out), n_heads=n_heads, rank=rank, **kw)
 
 
 def set_heads(m: MultiHeadLoRALinear, *heads: list[list[float]]) -> None:

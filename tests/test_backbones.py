@@ -7,18 +7,17 @@ import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformer
 
-from mtlora_lite.backbones import (
+from mtlora_lite.course.backbones import (
     CARD_NAME,
     CHECKPOINT_NAME,
     COURSE_SWIN_CONFIG,
     build_course_swin,
     data_dir,
-    feature_channels,
     load_backbone,
     load_course_card,
     save_course_checkpoint,
-    stage_features,
 )
+from mtlora_lite.multitask.backbones import feature_channels, stage_features
 
 
 def fp16_exact_model(seed: int = 0) -> SwinTransformer:
@@ -73,7 +72,7 @@ def test_fp32_checkpoint_and_explicit_folder(tmp_path: Path) -> None:
 
 
 def test_missing_file_says_how_to_create_it(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"python -m mtlora_lite\.pretrain"):
+    with pytest.raises(FileNotFoundError, match=r"python -m mtlora_lite\.course\.pretrain"):
         load_backbone("course", checkpoint_dir=tmp_path)
     assert load_backbone("course", pretrained=False, checkpoint_dir=tmp_path) is not None
 
@@ -120,7 +119,7 @@ def test_stage_features_rejects_plain_modules() -> None:
 
 
 def test_bundled_checkpoint_loads_and_its_card_shows_a_benefit() -> None:
-    bundled = Path(__file__).resolve().parents[1] / "data"
+    bundled = Path(__file__).resolve().parents[1] / "mtlora_lite" / "course" / "data"
     model = load_backbone("course", checkpoint_dir=bundled).eval()
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(2, 3, 64, 64))).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlora_lite.data import (
+from mtlora_lite.course.data import (
     CUE_WIDTH,
     MEAN,
     STD,
@@ -19,7 +19,7 @@ from mtlora_lite.data import (
     normalize,
     paint_cue,
 )
-from mtlora_lite.scenes import PRETRAIN, generate_scenes
+from mtlora_lite.course.scenes import PRETRAIN, generate_scenes
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlora_lite.decoders import ClassificationHead, DenseDecoder, build_decoder, default_channels
+from mtlora_lite.multitask.decoders import (
+    ClassificationHead,
+    DenseDecoder,
+    build_decoder,
+    default_channels,
+)
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlora_lite.experiments import RunResult, load_results, recipe, run_dense, run_mixture
+from mtlora_lite.course.experiments import recipe, run_dense, run_mixture
+from mtlora_lite.course.records import RunResult, load_results
 
 
 def _smoke_dense(method: str, cache_dir: Path | None, **options: object) -> RunResult:
@@ -24,13 +25,13 @@ def _smoke_dense(method: str, cache_dir: Path | None, **options: object) -> RunR
 
 
 def test_dense_run_is_cached_by_its_spec(tmp_path: Path) -> None:
-    first = _smoke_dense("lora", tmp_path, shared_rank=2)
+    first = _smoke_dense("shared_lora", tmp_path, shared_rank=2)
     assert not first.cached and first.tasks == ["semseg"]
     assert set(first.primary) == {"semseg"} and 0.0 <= first.primary["semseg"] <= 100.0  # mIoU in %
     assert 0 < first.trainable < first.total
-    again = _smoke_dense("lora", tmp_path, shared_rank=2)
+    again = _smoke_dense("shared_lora", tmp_path, shared_rank=2)
     assert again.cached and again.primary == first.primary and again.loss_curve == first.loss_curve
-    other = _smoke_dense("lora", tmp_path, shared_rank=4)
+    other = _smoke_dense("shared_lora", tmp_path, shared_rank=4)
     assert not other.cached  # a different option is a different run
     assert len(load_results(tmp_path)) == 2
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtlora_lite.functional import dropout_mask, fused_lora_linear, lora_dropout
+from mtlora_lite.adapters.functional import dropout_mask, fused_lora_linear, lora_dropout
 
 
 def reference(x, weight, bias, a, b, s, drop=None):

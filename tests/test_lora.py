@@ -9,8 +9,8 @@ import timm
 import torch
 from torch import nn
 
-from mtlora_lite.functional import dropout_mask
-from mtlora_lite.lora import (
+from mtlora_lite.adapters.functional import dropout_mask
+from mtlora_lite.adapters.lora import (
     AdapterLayer,
     LoRALinear,
     adapter_layers,
@@ -238,7 +238,7 @@ def test_timm_models(name: str, expected: int) -> None:
 
 
 def test_merge_refuses_before_touching_any_weight() -> None:
-    from mtlora_lite.multihead import inject_multihead_lora
+    from mtlora_lite.adapters.multihead import inject_multihead_lora
 
     model = TinyNet()
     inject_lora(model, ["qkv"], rank=2)

@@ -9,11 +9,11 @@ import timm
 import torch
 from torch import nn
 
-from mtlora_lite.analysis import count_parameters, trainable_breakdown
-from mtlora_lite.backbones import build_course_swin
-from mtlora_lite.lora import adapter_layers, merge_adapters
-from mtlora_lite.models import METHODS, MultiTaskNet, build_model, paper_breakdown
-from mtlora_lite.mtlora import MTLoRAConfig
+from mtlora_lite.adapters.breakdown import count_parameters, trainable_breakdown
+from mtlora_lite.adapters.lora import adapter_layers, merge_adapters
+from mtlora_lite.adapters.mtlora import MTLoRAConfig
+from mtlora_lite.course.backbones import build_course_swin
+from mtlora_lite.multitask.models import METHODS, MultiTaskNet, build_model, paper_breakdown
 
 
 @dataclass
@@ -39,14 +39,14 @@ EXTRAS = {"embedding", "norms", "position bias", "merge reductions"}
 TRAINABLE = {  # breakdown rows with trainable parameters, per method
     "full": {"decoders", "heads", "other", *EXTRAS},  # "other": the backbone's linear layers
     "decoders": {"decoders", "heads"},
-    "lora": {"decoders", "heads", "ta_lora", *EXTRAS},
+    "shared_lora": {"decoders", "heads", "ta_lora", *EXTRAS},
     "mtlora": {"decoders", "heads", "ta_lora", "ts_lora", *EXTRAS},
 }
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_predicts_every_task(method: str) -> None:
-    options = {"shared_rank": 4} if method in ("lora", "mtlora") else {}
+    options = {"shared_rank": 4} if method in ("shared_lora", "mtlora") else {}
     model = build_model(backbone(), TASKS, method, **options)
     assert isinstance(model, MultiTaskNet) and model.method == method
     out = model(torch.randn(2, 3, 64, 64))
@@ -122,7 +122,7 @@ def test_options_and_features() -> None:
     )
     by_name = {
         t.name: t for t in TASKS[:1]
-    }  # a dict by name, as mtlora_lite.tasks.build_tasks gives
+    }  # a dict by name, as mtlora_lite.course.scene_tasks.build_tasks gives
     small = build_model(backbone(), by_name, "mtlora", decoder_channels=[4, 4, 4, 4])
     assert small.tasks == ["seg"] and small.decoders["seg"].project[0].out_channels == 4
 
@@ -150,7 +150,7 @@ def test_builder_errors() -> None:
     with pytest.raises(TypeError, match="takes no MTLoRA options"):
         build_model(backbone(), TASKS, "full", shared_rank=4)
     with pytest.raises(ValueError, match="has no TS-LoRA"):
-        build_model(backbone(), TASKS, "lora", task_stages=(0,))
+        build_model(backbone(), TASKS, "shared_lora", task_stages=(0,))
     with pytest.raises(ValueError, match="unknown tasks"):
         build_model(backbone(), TASKS, "mtlora", task_rank={"seg": 2, "depth": 2})
     with pytest.raises(TypeError, match="SwinTransformer"):

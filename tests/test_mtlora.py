@@ -11,25 +11,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_lite.analysis import trainable_breakdown
-from mtlora_lite.backbones import build_course_swin, stage_features
-from mtlora_lite.lora import (
+from mtlora_lite.adapters.breakdown import trainable_breakdown
+from mtlora_lite.adapters.lora import (
+    adapter_layers,
     inject_lora,
     linear_names,
     merge_adapters,
     unmerge_adapters,
 )
-from mtlora_lite.models import SwinTaskEncoder
-from mtlora_lite.mtlora import (
-    MergeLoRALinear,
-    MTLoRAConfig,
-    MTLoRALinear,
-    TaskLoRA,
+from mtlora_lite.adapters.mtlora import MergeLoRALinear, MTLoRAConfig, MTLoRALinear, TaskLoRA
+from mtlora_lite.adapters.saving import load_adapters, save_adapters
+from mtlora_lite.adapters.swin import (
+    SwinTaskEncoder,
     inject_mtlora,
     mark_mtlora_trainable,
     task_streams,
 )
-from mtlora_lite.saving import load_adapters, save_adapters
+from mtlora_lite.course.backbones import build_course_swin
+from mtlora_lite.multitask.backbones import stage_features
 
 TASKS = ["seg", "depth", "cls"]
 COURSE_DIMS = [32, 64, 128, 256]
@@ -119,7 +118,9 @@ def test_task_streams_match_a_block_written_out(mode: str, stage: int) -> None:
 @pytest.mark.parametrize("mode", ["official", "with_shared"])
 def test_ts_layer_formula_batched_and_looped(task_ranks: dict[str, int], mode: str) -> None:
     torch.manual_seed(0)
-    layer = MTLoRALinear(nn.Linear(6, 5), 3, task_ranks, task_output=mode).requires_grad_(False)
+    layer = MTLoRALinear(
+        nn.Linear(6, 5), 3, task_ranks, MTLoRAConfig(task_output=mode, dropout=0.0)
+    ).requires_grad_(False)
     randomize_b(layer)
     x, x_tasks = torch.randn(4, 7, 6), torch.randn(2, 4, 7, 6)
     shared_delta = 4.0 * x @ layer.lora_A.T @ layer.lora_B.T
@@ -140,7 +141,7 @@ def test_ts_layer_formula_batched_and_looped(task_ranks: dict[str, int], mode: s
 
 def test_official_task_outputs_ignore_the_shared_update() -> None:
     layers = {
-        m: MTLoRALinear(nn.Linear(6, 5), 2, {"a": 2}, task_output=m)
+        m: MTLoRALinear(nn.Linear(6, 5), 2, {"a": 2}, MTLoRAConfig(task_output=m, dropout=0.0))
         for m in ("official", "with_shared")
     }
     x = torch.randn(3, 6)
@@ -326,8 +327,9 @@ def test_clear_errors() -> None:
         MTLoRAConfig(task_output="sum")
     with pytest.raises(ValueError, match="unique"):
         inject_mtlora(course_swin(), ["seg", "seg"])
+    other_names = SwinTaskEncoder(mtlora_swin(), ["depth", "seg", "cls"])  # read at forward
     with pytest.raises(ValueError, match="same names in the same order"):
-        SwinTaskEncoder(mtlora_swin(), ["depth", "seg", "cls"])
+        other_names(torch.randn(1, 3, 64, 64))
     assert "layers.0.blocks.0.attn.qkv" in linear_names(course_swin())
 
 
@@ -343,3 +345,21 @@ def test_default_config_is_official() -> None:
     assert cfg.task_output == "official" and cfg.task_stages is None
     assert cfg.merge_reduction == "trainable" and cfg.train_norms and cfg.train_position_bias
     assert math.isclose(MTLoRALinear(nn.Linear(4, 4), 16).scaling, 4.0)
+
+
+def test_injection_names_what_a_changed_timm_block_lacks() -> None:
+    swin = course_swin()
+    swin.layers[1].blocks[-1] = nn.Identity()  # stands in for a timm block without `_attn`
+    with pytest.raises(TypeError, match=r"has no \['_attn'.*task_stages=\(\)"):
+        inject_mtlora(swin, TASKS)
+    assert not adapter_layers(swin)  # checked before any layer was touched
+
+
+def test_streams_in_batch_is_scoped_to_its_block() -> None:
+    proj = mtlora_swin().layers[0].blocks[-1].attn.proj
+    x = torch.randn(2, 5, proj.in_features)
+    with proj.streams_in_batch():
+        assert proj(x).shape == ((1 + len(TASKS)) * 2, 5, proj.out_features)
+    with pytest.raises(RuntimeError), proj.streams_in_batch():
+        raise RuntimeError("an error inside the block")
+    assert proj(x).shape == (2, 5, proj.out_features)  # back to one stream, also after an error

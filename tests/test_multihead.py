@@ -10,14 +10,14 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from mtlora_lite.analysis import count_parameters, trainable_breakdown
-from mtlora_lite.lora import LoRALinear, adapter_layers, mark_only_adapters_trainable
-from mtlora_lite.multihead import (
+from mtlora_lite.adapters.breakdown import count_parameters, trainable_breakdown
+from mtlora_lite.adapters.lora import LoRALinear, adapter_layers, mark_only_adapters_trainable
+from mtlora_lite.adapters.multihead import (
     MultiHeadLoRALinear,
     inject_multihead_lora,
     inject_rank_matched_lora,
 )
-from mtlora_lite.saving import load_adapters, save_adapters
+from mtlora_lite.adapters.saving import load_adapters, save_adapters
 
 
 def frozen_linear(d_in: int = 16, d_out: int = 12, seed: int = 0) -> nn.Linear:
@@ -101,7 +101,9 @@ def test_rlora_init_scale_and_centering() -> None:
 @pytest.mark.parametrize("router", [True, False])
 @pytest.mark.parametrize("init", ["hydra", "rlora"])
 def test_one_gemm_dropout_and_gradients_equal_naive_loop(init: str, router: bool) -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 4, 3, alpha=6, dropout=0.4, init=init, router=router)
+    m = MultiHeadLoRALinear(
+        frozen_linear(), n_heads=4, rank=3, alpha=6, dropout=0.4, init=init, router=router
+    )
     randomize(m)
     masks = fix_masks(m)
     x = torch.randn(2, 5, 16, requires_grad=True)
@@ -130,7 +132,7 @@ def test_fused_gradcheck_in_double() -> None:
 
 @pytest.mark.parametrize("mode", ["shared", "per_head_x"])
 def test_other_dropout_modes_match_their_definition(mode: str) -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 3, 4, dropout=0.5, dropout_mode=mode)
+    m = MultiHeadLoRALinear(frozen_linear(), n_heads=3, rank=4, dropout=0.5, dropout_mode=mode)
     randomize(m)
     masks = fix_masks(m)
     x = torch.randn(2, 5, 16)
@@ -146,7 +148,7 @@ def test_other_dropout_modes_match_their_definition(mode: str) -> None:
 
 
 def test_no_dropout_work_without_dropout() -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 2, 2, dropout=0.0)
+    m = MultiHeadLoRALinear(frozen_linear(), n_heads=2, rank=2, dropout=0.0)
     masks = fix_masks(m)
     m.train()(torch.randn(3, 16))
     m.dropout = 0.3
@@ -155,7 +157,7 @@ def test_no_dropout_work_without_dropout() -> None:
 
 
 def test_unfused_path_when_base_trains() -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 3, 4)
+    m = MultiHeadLoRALinear(frozen_linear(), n_heads=3, rank=4)
     randomize(m)
     x = torch.randn(4, 16)
     fused = m(x)
@@ -167,7 +169,7 @@ def test_unfused_path_when_base_trains() -> None:
 
 
 def test_router_rows_sum_to_one_and_zero_router_is_uniform() -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 5, 2, init="rlora")
+    m = MultiHeadLoRALinear(frozen_linear(), n_heads=5, rank=2, init="rlora")
     x = torch.randn(2, 3, 16)
     torch.testing.assert_close(m.router_weights(x), torch.full((2, 3, 5), 0.2))
     randomize(m)
@@ -175,11 +177,11 @@ def test_router_rows_sum_to_one_and_zero_router_is_uniform() -> None:
     assert w.shape == (2, 3, 5) and (w > 0).all()
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 3))
     with pytest.raises(RuntimeError, match="no router"):
-        MultiHeadLoRALinear(frozen_linear(), 2, 2, router=False).router_weights(x)
+        MultiHeadLoRALinear(frozen_linear(), n_heads=2, rank=2, router=False).router_weights(x)
 
 
 def test_stacked_heads_are_a_free_view() -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 4, 3)
+    m = MultiHeadLoRALinear(frozen_linear(), n_heads=4, rank=3)
     stacked = m.lora_B.flatten(1)
     assert stacked.shape == (12, 12) and stacked.data_ptr() == m.lora_B.data_ptr()
     assert stacked._base is m.lora_B  # a view, not a copy
@@ -187,7 +189,7 @@ def test_stacked_heads_are_a_free_view() -> None:
 
 @pytest.mark.parametrize("init", ["hydra", "rlora", "rlora_centered"])
 def test_router_free_merge_equals_unmerged(init: str) -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 3, 4, alpha=8, init=init, router=False)
+    m = MultiHeadLoRALinear(frozen_linear(), n_heads=3, rank=4, alpha=8, init=init, router=False)
     randomize(m)
     with torch.no_grad():
         m.lora_A.normal_()  # A moved away from A0, so the offset matters
@@ -201,7 +203,7 @@ def test_router_free_merge_equals_unmerged(init: str) -> None:
 
 
 def test_router_merge_raises_clear_error() -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 2, 2)
+    m = MultiHeadLoRALinear(frozen_linear(), n_heads=2, rank=2)
     with pytest.raises(RuntimeError, match="router=False"):
         m.merge()
     assert not m.merged
@@ -244,13 +246,13 @@ def test_clear_errors() -> None:
     with pytest.raises(ValueError, match="rank must be a positive integer"):
         MultiHeadLoRALinear(lin, n_heads=2, rank=0)
     with pytest.raises(ValueError, match=r"init must be one of \('hydra'"):
-        MultiHeadLoRALinear(lin, 2, 2, init="pissa")
+        MultiHeadLoRALinear(lin, n_heads=2, rank=2, init="pissa")
     with pytest.raises(ValueError, match="dropout_mode must be one of"):
-        MultiHeadLoRALinear(lin, 2, 2, dropout_mode="x")
+        MultiHeadLoRALinear(lin, n_heads=2, rank=2, dropout_mode="x")
     with pytest.raises(ValueError, match="n_heads >= 2"):
-        MultiHeadLoRALinear(lin, 1, 2, init="rlora_centered")
+        MultiHeadLoRALinear(lin, n_heads=1, rank=2, init="rlora_centered")
     with pytest.raises(ValueError, match="dropout must be in"):
-        MultiHeadLoRALinear(lin, 2, 2, dropout=1.0)
+        MultiHeadLoRALinear(lin, n_heads=2, rank=2, dropout=1.0)
     with pytest.raises(ValueError, match="n_heads must be"):
         inject_multihead_lora(nn.Sequential(lin), "0", n_heads=-1, rank=2)
     with pytest.raises(ValueError, match="no module matches"):
@@ -261,17 +263,17 @@ def test_rank_matched_lora_has_rank_n_r_and_same_scale() -> None:
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
     assert inject_rank_matched_lora(model, ["0", "1"], n_heads=4, rank=2, alpha=6) == ["0", "1"]
     lora = model[0]
-    mh = MultiHeadLoRALinear(nn.Linear(8, 8), 4, 2, alpha=6)
+    mh = MultiHeadLoRALinear(nn.Linear(8, 8), n_heads=4, rank=2, alpha=6)
     assert isinstance(lora, LoRALinear) and lora.rank == 8 and lora.scaling == mh.scaling == 3.0
     model = nn.Sequential(nn.Linear(8, 8))
     inject_rank_matched_lora(model, "0", n_heads=4, rank=4, alpha=4, rslora=True)
     assert model[0].scaling == pytest.approx(
-        MultiHeadLoRALinear(nn.Linear(8, 8), 4, 4, 4, rslora=True).scaling
+        MultiHeadLoRALinear(nn.Linear(8, 8), n_heads=4, rank=4, alpha=4, rslora=True).scaling
     )
 
 
 def test_autocast_bf16_runs_and_backprops() -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), 3, 4, dropout=0.1).train()
+    m = MultiHeadLoRALinear(frozen_linear(), n_heads=3, rank=4, dropout=0.1).train()
     randomize(m)
     x = torch.randn(2, 5, 16, requires_grad=True)
     fix_masks(m, seed=3)

@@ -51,3 +51,24 @@ def test_notebook_runs_in_smoke_profile(path: Path, tmp_path: Path, cache_dir: P
     values = _numbers(results)
     assert values and all(math.isfinite(v) for v in values)
     assert list(out_dir.glob("*.png")), "each notebook saves its figures as PNG"
+
+
+@pytest.mark.notebooks
+def test_outputs_land_in_the_repository_whatever_the_working_folder(tmp_path: Path) -> None:
+    """JupyterLab starts the kernel in notebooks/, make course in the repository root: the default
+    relative OUT_DIR / CACHE_DIR resolve to the same <repo>/outputs either way."""
+    checkout = tmp_path / "checkout"
+    (checkout / "notebooks").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    notebook = checkout / "notebooks" / NOTEBOOKS[0].name
+    notebook.write_text(NOTEBOOKS[0].read_text())
+    pm.execute_notebook(
+        str(notebook),
+        str(tmp_path / "executed.ipynb"),
+        parameters={"PROFILE": "smoke", "DEVICE": "cpu"},  # OUT_DIR and CACHE_DIR as shipped
+        cwd=str(checkout / "notebooks"),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    assert (checkout / "outputs" / NOTEBOOKS[0].stem / "results.json").is_file()
+    assert not (checkout / "notebooks" / "outputs").exists()

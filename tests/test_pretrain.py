@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from mtlora_lite.backbones import CARD_NAME, COURSE_SWIN_CONFIG, load_backbone
-from mtlora_lite.data import normalize
-from mtlora_lite.pretrain import (
+from mtlora_lite.course.backbones import CARD_NAME, COURSE_SWIN_CONFIG, load_backbone
+from mtlora_lite.course.data import normalize
+from mtlora_lite.course.pretrain import (
     LinearHeads,
     PretrainConfig,
     ProbeConfig,
@@ -17,8 +17,8 @@ from mtlora_lite.pretrain import (
     pretrain,
     probe,
 )
-from mtlora_lite.scenes import PRETRAIN, generate_scenes
-from mtlora_lite.tasks import build_tasks
+from mtlora_lite.course.scene_tasks import build_tasks
+from mtlora_lite.course.scenes import PRETRAIN, generate_scenes
 
 TASKS = ("count", "shape", "colour", "semseg")
 

@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from mtlora_lite.lora import (
+from mtlora_lite.adapters.lora import (
     adapter_layers,
     inject_lora,
     mark_only_adapters_trainable,
     merge_adapters,
 )
-from mtlora_lite.saving import adapter_state_dict, load_adapters, save_adapters
+from mtlora_lite.adapters.saving import adapter_state_dict, load_adapters, save_adapters
 
 
 def make_model(seed: int, rank: int = 3) -> nn.Module:

@@ -7,14 +7,13 @@ import math
 import pytest
 import torch
 
-from mtlora_lite.data import make_loaders, make_mixture_loaders
-from mtlora_lite.scenes import PRETRAIN
-from mtlora_lite.tasks import (
-    TASK_NAMES,
+from mtlora_lite.course.data import make_loaders, make_mixture_loaders
+from mtlora_lite.course.scene_tasks import TASK_NAMES, build_tasks
+from mtlora_lite.course.scenes import PRETRAIN
+from mtlora_lite.multitask.tasks import (
     AccuracyMetric,
     ConfusionMetric,
     NormalsMetric,
-    build_tasks,
     delta_m,
     primary_metrics,
 )

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mtlora_lite.train import Callback, History, evaluate, fit, lr_factor, resolve_device
+from mtlora_lite.multitask.train import Callback, History, evaluate, fit, lr_factor, resolve_device
 
 
 class Accuracy:

@@ -10,26 +10,29 @@ from typing import Any
 import pytest
 from matplotlib.figure import Figure
 
-from mtlora_lite import widgets
-from mtlora_lite.experiments import RunResult
-from mtlora_lite.notebook import format_table
+from mtlora_lite.course import widgets
+from mtlora_lite.course.notebook import format_table
+from mtlora_lite.course.records import RunResult
 
 METRIC = {"semseg": "mIoU", "normals": "mean_angle", "mine": "f1"}
+HIGHER = {"semseg": True, "normals": False, "mine": True}
 
 
 def make_run(
     name: str, method: str, primary: dict[str, float], trainable: int, **extras: Any
 ) -> RunResult:
-    """A RunResult as experiments records it, with the primary metric first in each task."""
+    """A RunResult as ``records.run_record`` makes it: metric names and directions recorded."""
     metrics = {t: {METRIC[t]: v, "other": v + 1.0} for t, v in primary.items()}
     return RunResult(
         name=name,
         method=method,
         tasks=list(primary),
         seed=0,
-        options={"method": method, "rank": 4, "targets": ["qkv"]},
+        options={"rank": 4, "targets": ["qkv"]},
         metrics=metrics,
         primary=primary,
+        primary_metric={t: METRIC[t] for t in primary},
+        higher_is_better={t: HIGHER[t] for t in primary},
         trainable=trainable,
         total=10_000,
         breakdown={},
@@ -70,7 +73,7 @@ def test_run_table_gives_flat_rows_with_the_same_keys(runs: list[RunResult]) -> 
         *("semseg mIoU", "normals mean_angle", "trainable", "cached"),
     ]
     lora = rows[1]
-    assert lora["tasks"] == "semseg+normals" and lora["options"] == "rank=4"  # no method, no list
+    assert lora["tasks"] == "semseg+normals" and lora["options"] == "rank=4"  # no list
     assert lora["semseg mIoU"] == 35.0 and lora["normals mean_angle"] == 20.0
     assert rows[0]["normals mean_angle"] == "-" and rows[3]["semseg mIoU"] == "-"
     assert lora["trainable"] == 300 and lora["cached"] is False
@@ -78,11 +81,12 @@ def test_run_table_gives_flat_rows_with_the_same_keys(runs: list[RunResult]) -> 
     assert widgets.run_table([]) == []
 
 
-def test_metric_name_of_known_and_own_tasks() -> None:
+def test_metric_name_and_direction_come_from_the_record() -> None:
     run = make_run("x", "lora", {"semseg": 1.0, "mine": 2.0}, 10)
     assert widgets.metric_name(run, "semseg") == "mIoU"
-    assert widgets.metric_name(run, "mine") == "f1"  # found by value for a task of your own
-    run.metrics["mine"] = {}
+    assert widgets.metric_name(run, "mine") == "f1"  # a task of your own: recorded with the run
+    assert "higher is better" in widgets.plot_runs([run], "mine").axes[0].get_ylabel()
+    run.primary_metric.pop("mine")  # e.g. a record written by hand without it
     assert widgets.metric_name(run, "mine") == "primary"
 
 

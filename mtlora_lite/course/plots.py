@@ -18,8 +18,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
 
-from mtlora_lite.data import denormalize, mixture_class_names
-from mtlora_lite.scenes import DENSE_TASKS, DOWNSTREAM, IMAGE_TASKS, SceneConfig, class_names
+from mtlora_lite.course.data import denormalize, mixture_class_names
+from mtlora_lite.course.scenes import (
+    DENSE_LABELS,
+    DOWNSTREAM,
+    IMAGE_LABELS,
+    SceneConfig,
+    class_names,
+)
 
 _CATEGORICAL = ("semseg", "parts")
 
@@ -65,12 +71,12 @@ def show_scenes(
     task -> names, default the names of ``config``'s classes.
     """
     given = class_names or {}
-    order = [*DENSE_TASKS, *IMAGE_TASKS, "answer"]
+    order = [*DENSE_LABELS, *IMAGE_LABELS, "answer"]
     tasks = [t for t in order if t in targets] if tasks is None else list(tasks)
     missing = [t for t in tasks if t not in targets]
     if missing:
         raise KeyError(f"no targets for {missing}; targets has {sorted(targets)}")
-    dense = [t for t in tasks if t in DENSE_TASKS]
+    dense = [t for t in tasks if t in DENSE_LABELS]
     n = min(n, len(images))
     if images.dtype == torch.uint8:
         pictures = images[:n].cpu().float() / 255
@@ -81,7 +87,7 @@ def show_scenes(
     axes = fig.subplots(n, 1 + len(dense), squeeze=False)
     for row in range(n):
         title = []
-        for task in (t for t in tasks if t not in DENSE_TASKS):
+        for task in (t for t in tasks if t not in DENSE_LABELS):
             value = int(targets[task][row].reshape(-1)[0])  # "answer" rows are [answer, task]
             title.append(f"{task}={_names(task, config, given)[value]}")
         axes[row, 0].imshow(pictures[row].permute(1, 2, 0).numpy())

@@ -1,13 +1,14 @@
-"""Backbones: the small course Swin (timm's own class) with its bundled checkpoint, or any timm model.
+"""The course backbone: a small Swin (timm's own class) with its bundled checkpoint.
 
 The course Swin is ``timm.models.swin_transformer.SwinTransformer`` built with ``COURSE_SWIN_CONFIG``
 (2.7M parameters). For a (B, 3, 64, 64) input its four stages give (B, 32, 16, 16),
 (B, 64, 8, 8), (B, 128, 4, 4) and (B, 256, 2, 2) feature maps.
 
-Its pretrained weights live in ``data/course_swin.safetensors`` (fp16, backbone only) next to a card
-``data/course_swin.json`` that records the config, how the weights were made and their sha256.
-Create them with ``python -m mtlora_lite.pretrain``. Set the environment variable
-``MTLORA_LITE_DATA`` to read (and by default write) them somewhere other than the repo's ``data/``.
+Its pretrained weights ship inside the package, ``mtlora_lite/course/data/course_swin.safetensors``
+(fp16, backbone only), next to a card ``course_swin.json`` that records the config, how the weights
+were made and their sha256; they are found through ``importlib.resources``, so a plain
+``pip install`` has them. Create them with ``python -m mtlora_lite.course.pretrain``. Set the
+environment variable ``MTLORA_LITE_DATA`` to read (and by default write) them somewhere else.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from safetensors.torch import load_file, save_file
 from timm.models.swin_transformer import SwinTransformer
-from torch import Tensor, nn
+from torch import nn
+
+from mtlora_lite.multitask.backbones import timm_backbone
 
 COURSE_SWIN_CONFIG: dict[str, Any] = {
     "img_size": 64,
@@ -41,9 +44,10 @@ DATA_ENV_VAR = "MTLORA_LITE_DATA"
 
 
 def data_dir() -> Path:
-    """The folder holding bundled data: ``$MTLORA_LITE_DATA`` if set, else the repo's ``data/``."""
+    """The folder holding the course checkpoint: ``$MTLORA_LITE_DATA`` if set, else the package's
+    own ``mtlora_lite/course/data`` (wherever the package is installed)."""
     env = os.environ.get(DATA_ENV_VAR)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+    return Path(env) if env else Path(str(resources.files("mtlora_lite.course") / "data"))
 
 
 def build_course_swin(**overrides: Any) -> SwinTransformer:
@@ -95,7 +99,7 @@ def load_course_card(folder: str | Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"No checkpoint card at {path}. Create the course checkpoint with "
-            "`python -m mtlora_lite.pretrain`, or point MTLORA_LITE_DATA at the folder holding it."
+            "`python -m mtlora_lite.course.pretrain`, or point MTLORA_LITE_DATA at the folder holding it."
         )
     return json.loads(path.read_text())
 
@@ -104,7 +108,7 @@ def _load_course_weights(model: nn.Module, folder: Path) -> None:
     path = folder / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(
-            f"Course checkpoint {path} not found. Create it with `python -m mtlora_lite.pretrain` "
+            f"Course checkpoint {path} not found. Create it with `python -m mtlora_lite.course.pretrain` "
             f"(about 10 min on a CPU), set {DATA_ENV_VAR} to the folder holding it, or use "
             "load_backbone('course', pretrained=False) for random weights."
         )
@@ -113,14 +117,14 @@ def _load_course_weights(model: nn.Module, folder: Path) -> None:
         raise ValueError(
             f"{folder / CARD_NAME} describes config {card.get('config')}, but this package builds "
             f"{_jsonable_config(COURSE_SWIN_CONFIG)}. Re-create the checkpoint with "
-            "`python -m mtlora_lite.pretrain`."
+            "`python -m mtlora_lite.course.pretrain`."
         )
     digest = _sha256(path)
     if digest != card.get("sha256"):
         raise ValueError(
             f"sha256 of {path} is {digest}, but its card says {card.get('sha256')}: the file is "
-            "corrupt or was replaced. Restore it (git checkout data/) or re-create it with "
-            "`python -m mtlora_lite.pretrain`."
+            "corrupt or was replaced. Reinstall the package (or git checkout mtlora_lite/course/data) or re-create it with "
+            "`python -m mtlora_lite.course.pretrain`."
         )
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     model.load_state_dict(state, strict=True)
@@ -137,41 +141,13 @@ def load_backbone(
 
     ``"course"``: the course Swin, loading the bundled checkpoint when ``pretrained`` (checked against
     its card's sha256 and config; read from ``checkpoint_dir`` or ``data_dir()``); ``timm_kwargs``
-    override ``COURSE_SWIN_CONFIG`` entries. Any other name goes to
-    ``timm.create_model(name, pretrained=pretrained, num_classes=0, **timm_kwargs)``; hub weights
-    need internet, so use ``pretrained=False`` offline.
+    override ``COURSE_SWIN_CONFIG`` entries. Any other name goes to ``timm_backbone``
+    (``timm.create_model(name, pretrained=pretrained, num_classes=0, **timm_kwargs)``); hub
+    weights need internet, so use ``pretrained=False`` offline.
     """
     if name != "course":
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, **timm_kwargs)
+        return timm_backbone(name, pretrained=pretrained, **timm_kwargs)
     model = build_course_swin(**timm_kwargs)
     if pretrained:
         _load_course_weights(model, Path(checkpoint_dir or data_dir()))
     return model
-
-
-def _feature_indices(model: nn.Module) -> list[int]:
-    """Which blocks/stages ``stage_features`` returns: every stage if strides differ, else the last."""
-    info = getattr(model, "feature_info", None)
-    if not info or not hasattr(model, "forward_intermediates"):
-        raise TypeError(
-            f"{type(model).__name__} has no feature_info / forward_intermediates; use a timm "
-            "Swin or ViT (e.g. load_backbone('course') or 'swin_tiny_patch4_window7_224')."
-        )
-    reductions = {f["reduction"] for f in info}
-    return list(range(len(info))) if len(reductions) > 1 else [len(info) - 1]
-
-
-def feature_channels(model: nn.Module) -> list[int]:
-    """Channels of each map ``stage_features`` returns, e.g. [32, 64, 128, 256] for the course Swin."""
-    return [model.feature_info[i]["num_chs"] for i in _feature_indices(model)]
-
-
-def stage_features(model: nn.Module, x: Tensor) -> list[Tensor]:
-    """Feature maps of a timm backbone, finest first, each (B, C_i, H_i, W_i).
-
-    Hierarchical models (Swin) give one map per stage: (B, C_i, H / 2^(i+2), W / 2^(i+2)).
-    Plain ViTs are single scale: one map from the last block, (B, C, H / patch, W / patch)
-    (class token dropped, no final norm).
-    """
-    indices = _feature_indices(model)
-    return model.forward_intermediates(x, indices=indices, intermediates_only=True)

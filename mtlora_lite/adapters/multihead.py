@@ -31,17 +31,77 @@ For fair comparisons: ``router=False`` sums the heads (and can then be merged), 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_lite.functional import _compute_dtype, dropout_mask
-from mtlora_lite.lora import AdapterLayer, LoRALinear, Targets, _check_rank, inject_adapters
+from mtlora_lite.adapters.functional import _compute_dtype, dropout_mask
+from mtlora_lite.adapters.lora import (
+    AdapterLayer,
+    LoRALinear,
+    Targets,
+    _check_rank,
+    inject_adapters,
+    lora_scaling,
+)
 
 INITS = ("hydra", "rlora", "rlora_centered")
 DROPOUT_MODES = ("per_head_ax", "shared", "per_head_x")
+
+
+@dataclass(frozen=True)
+class MultiHeadConfig:
+    """Multi-head LoRA hyper-parameters, checked once here.
+
+    n_heads: n >= 1 heads B_i. rank: r > 0, the rank of the shared A (and of each head).
+    alpha: scale numerator; ``s = alpha / r`` (``alpha / sqrt(r)`` with ``rslora``); default r.
+    dropout: dropout probability p, applied as ``dropout_mode`` says: "per_head_ax" (R-LoRA,
+        default), "shared" or "per_head_x" (module docstring).
+    init: "rlora" (default), "rlora_centered" or "hydra".
+    router: with a softmax router (default); ``False`` sums the heads (then ``merge`` works).
+    rslora: use the rank-stabilised scale ``alpha / sqrt(r)``.
+    gamma: R-LoRA's init constant, c = out^(1/4) / sqrt(gamma).
+    """
+
+    n_heads: int = 4
+    rank: int = 4
+    alpha: float | None = None
+    dropout: float = 0.0
+    dropout_mode: Literal["per_head_ax", "shared", "per_head_x"] = "per_head_ax"
+    init: Literal["hydra", "rlora", "rlora_centered"] = "rlora"
+    router: bool = True
+    rslora: bool = False
+    gamma: float = 64.0
+
+    def __post_init__(self) -> None:
+        _check_heads(self.n_heads, self.rank)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout_mode not in DROPOUT_MODES:
+            raise ValueError(
+                f"dropout_mode must be one of {DROPOUT_MODES}, got {self.dropout_mode!r}"
+            )
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.init == "rlora_centered" and self.n_heads < 2:
+            raise ValueError("init='rlora_centered' needs n_heads >= 2 (one centred head is zero)")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma must be positive, got {self.gamma}")
+
+    @property
+    def scaling(self) -> float:
+        """The scale s of every head (``lora_scaling`` of rank, alpha, rslora)."""
+        return lora_scaling(self.rank, self.alpha, self.rslora)
+
+
+def multihead_config(config: MultiHeadConfig | None = None, **options: Any) -> MultiHeadConfig:
+    """``config`` (default ``MultiHeadConfig()``) with ``options`` replacing its fields."""
+    return dataclasses.replace(config or MultiHeadConfig(), **options)
 
 
 def _softmax(logits: Tensor) -> Tensor:
@@ -133,55 +193,37 @@ class _FusedMultiHead(torch.autograd.Function):
 class MultiHeadLoRALinear(AdapterLayer):
     """Multi-head LoRA around a frozen ``nn.Linear``: inputs (..., in) -> outputs (..., out).
 
-    Args:
-        base_layer: the frozen layer to wrap (kept as is).
-        n_heads: n >= 1 heads B_i.
-        rank: r > 0, the rank of the shared A (and of each head).
-        alpha: scale numerator; ``s = alpha / r`` (``alpha / sqrt(r)`` with ``rslora``); default r.
-        dropout: dropout probability p, applied as ``dropout_mode`` says.
-        dropout_mode: "per_head_ax" (default), "shared" or "per_head_x" (see the module docstring).
-        init: "rlora" (default), "rlora_centered" or "hydra".
-        router: with a softmax router (default); ``False`` sums the heads (then ``merge`` works).
-        rslora: use the rank-stabilised scale ``alpha / sqrt(r)``.
-        gamma: R-LoRA's init constant, c = out^(1/4) / sqrt(gamma).
+    Built from a ``MultiHeadConfig`` and/or its fields as keywords, e.g.
+    ``MultiHeadLoRALinear(linear, n_heads=4, rank=8, init="hydra")``.
     """
 
     adapter_group = "mh_lora"
 
     def __init__(
-        self,
-        base_layer: nn.Linear,
-        n_heads: int,
-        rank: int,
-        alpha: float | None = None,
-        dropout: float = 0.0,
-        dropout_mode: str = "per_head_ax",
-        init: str = "rlora",
-        router: bool = True,
-        rslora: bool = False,
-        gamma: float = 64.0,
+        self, base_layer: nn.Linear, config: MultiHeadConfig | None = None, **options: Any
     ) -> None:
         super().__init__(base_layer)
-        _check_options(n_heads, rank, dropout, dropout_mode, init, gamma)
-        self.n_heads, self.rank, self.init, self.has_router = n_heads, rank, init, router
-        self.alpha = float(rank if alpha is None else alpha)
-        self.rslora = rslora
-        self.scaling = self.alpha / (math.sqrt(rank) if rslora else rank)
-        self.dropout, self.dropout_mode = dropout, dropout_mode
+        cfg = self.config = multihead_config(config, **options)
+        self.n_heads, self.rank, self.init, self.has_router = (
+            cfg.n_heads, cfg.rank, cfg.init, cfg.router
+        )  # fmt: skip
+        self.alpha = float(cfg.rank if cfg.alpha is None else cfg.alpha)
+        self.rslora, self.scaling = cfg.rslora, cfg.scaling
+        self.dropout, self.dropout_mode = cfg.dropout, cfg.dropout_mode
         w = base_layer.weight
         kw = {"device": w.device, "dtype": w.dtype}
-        d_in, d_out = self.in_features, self.out_features
+        d_in, d_out, n_heads, rank = self.in_features, self.out_features, cfg.n_heads, cfg.rank
         self.lora_A = nn.Parameter(torch.empty(rank, d_in, **kw))  # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(d_out, n_heads, rank, **kw))  # (out, n, r)
-        self.router = nn.Parameter(torch.zeros(n_heads, d_in, **kw)) if router else None
+        self.router = nn.Parameter(torch.zeros(n_heads, d_in, **kw)) if cfg.router else None
         self.register_buffer("offset_A", None)
         self.register_buffer("offset_B", None)
-        if init == "hydra":
+        if cfg.init == "hydra":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             if self.router is not None:
                 nn.init.kaiming_uniform_(self.router, a=math.sqrt(5))
         else:
-            self._init_random_heads(gamma)
+            self._init_random_heads(cfg.gamma)
 
     @torch.no_grad()
     def _init_random_heads(self, gamma: float) -> None:
@@ -287,68 +329,30 @@ def _check_heads(n_heads: int, rank: int) -> None:
     _check_rank(rank)
 
 
-def _check_options(
-    n_heads: int, rank: int, dropout: float, dropout_mode: str, init: str, gamma: float
-) -> None:
-    _check_heads(n_heads, rank)
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if dropout_mode not in DROPOUT_MODES:
-        raise ValueError(f"dropout_mode must be one of {DROPOUT_MODES}, got {dropout_mode!r}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if init == "rlora_centered" and n_heads < 2:
-        raise ValueError("init='rlora_centered' needs n_heads >= 2 (one centred head is zero)")
-    if gamma <= 0:
-        raise ValueError(f"gamma must be positive, got {gamma}")
-
-
 def inject_multihead_lora(
-    model: nn.Module,
-    targets: Targets,
-    n_heads: int,
-    rank: int,
-    alpha: float | None = None,
-    dropout: float = 0.0,
-    dropout_mode: str = "per_head_ax",
-    init: str = "rlora",
-    router: bool = True,
-    rslora: bool = False,
-    gamma: float = 64.0,
+    model: nn.Module, targets: Targets, config: MultiHeadConfig | None = None, **options: Any
 ) -> list[str]:
     """Wrap the matching ``nn.Linear`` layers in ``MultiHeadLoRALinear`` (in place).
 
-    Example: ``inject_multihead_lora(swin, ["qkv", "proj", "fc1", "fc2"], n_heads=4, rank=8)``.
-    Targets work as in ``inject_lora``. Returns the adapted module paths.
+    Example: ``inject_multihead_lora(swin, ["qkv", "proj", "fc1", "fc2"], n_heads=4, rank=8)``:
+    a ``MultiHeadConfig`` and/or its fields. Targets work as in ``inject_lora``. Returns the
+    adapted module paths.
     """
-    _check_options(n_heads, rank, dropout, dropout_mode, init, gamma)
-    return inject_adapters(
-        model,
-        targets,
-        lambda lin: MultiHeadLoRALinear(
-            lin, n_heads, rank, alpha, dropout, dropout_mode, init, router, rslora, gamma
-        ),
-    )
+    cfg = multihead_config(config, **options)
+    return inject_adapters(model, targets, lambda lin: MultiHeadLoRALinear(lin, cfg))
 
 
 def inject_rank_matched_lora(
-    model: nn.Module,
-    targets: Targets,
-    n_heads: int,
-    rank: int,
-    alpha: float | None = None,
-    dropout: float = 0.0,
-    rslora: bool = False,
+    model: nn.Module, targets: Targets, config: MultiHeadConfig | None = None, **options: Any
 ) -> list[str]:
-    """The plain-LoRA baseline for ``inject_multihead_lora(..., n_heads, rank, alpha)``.
+    """The plain-LoRA baseline for ``inject_multihead_lora(model, targets, config, **options)``.
 
     One ``LoRALinear`` of rank n*r per target, with the same scale s as the multi-head layers
-    (s = alpha / r, or alpha / sqrt(r) with ``rslora``; alpha defaults to r, i.e. s = 1).
+    and the same dropout (on x); the other multi-head fields do not apply.
     """
-    _check_heads(n_heads, rank)
-    s = float(rank if alpha is None else alpha) / (math.sqrt(rank) if rslora else rank)
-    big = n_heads * rank
-    lora_alpha = s * (math.sqrt(big) if rslora else big)
+    cfg = multihead_config(config, **options)
+    big = cfg.n_heads * cfg.rank
+    alpha = cfg.scaling * (math.sqrt(big) if cfg.rslora else big)  # lora_scaling(big, alpha) = s
     return inject_adapters(
-        model, targets, lambda lin: LoRALinear(lin, big, lora_alpha, dropout, rslora)
+        model, targets, lambda lin: LoRALinear(lin, big, alpha, cfg.dropout, cfg.rslora)
     )

@@ -1,4 +1,4 @@
-"""Datasets and DataLoaders over generated scenes (``mtlora_lite.scenes``).
+"""Datasets and DataLoaders over generated scenes (``mtlora_lite.course.scenes``).
 
 ``SceneDataset`` serves ``(image, {task: target})`` for the dense and image-level tasks.
 ``MixtureDataset`` serves the task mixture of the multi-head LoRA notebooks: each example
@@ -16,11 +16,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mtlora_lite.scenes import DOWNSTREAM, IMAGE_TASKS, SceneConfig, class_names, generate_scenes
+from mtlora_lite.course.scenes import (
+    DOWNSTREAM,
+    IMAGE_LABELS,
+    SceneConfig,
+    class_names,
+    generate_scenes,
+)
 
 MEAN = (0.472, 0.471, 0.472)  # per-channel statistics of DOWNSTREAM images in [0, 1]
 STD = (0.159, 0.154, 0.159)
-MIXTURE_TASKS = IMAGE_TASKS
+MIXTURE_TASKS = IMAGE_LABELS
 CUE_WIDTH = 3  # pixels of the border that names the task of a mixture example
 _CUE_DASHED = {"count": False, "shape": False, "colour": True}
 _CUE_VALUE = {"count": 255, "shape": 0, "colour": 255}

@@ -19,9 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_lite.functional import dropout_mask, fused_lora_linear
+from mtlora_lite.adapters.functional import dropout_mask, fused_lora_linear
 
 Targets = str | Sequence[str] | re.Pattern[str]
+# The four Linear layers of every timm ViT and Swin block: what the course adapts by default.
+TIMM_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+def lora_scaling(rank: int, alpha: float | None = None, rslora: bool = False) -> float:
+    """The LoRA scale s = alpha / r, or alpha / sqrt(r) with ``rslora``; alpha defaults to r."""
+    alpha = float(rank if alpha is None else alpha)
+    return alpha / (math.sqrt(rank) if rslora else rank)
 
 
 class AdapterLayer(nn.Module):
@@ -117,7 +125,7 @@ class LoRALinear(AdapterLayer):
         self.rank = rank
         self.alpha = float(rank if alpha is None else alpha)
         self.rslora = rslora
-        self.scaling = self.alpha / (math.sqrt(rank) if rslora else rank)
+        self.scaling = lora_scaling(rank, self.alpha, rslora)
         w = base_layer.weight
         self.lora_A = nn.Parameter(
             torch.empty(rank, self.in_features, device=w.device, dtype=w.dtype)

@@ -1,37 +1,22 @@
-"""Tasks: losses, streaming metrics and Delta_m for the scene tasks of ``mtlora_lite.data``.
+"""Tasks: what the trainer needs per task (a loss, a streaming metric, its primary metric), the
+usual dense and image-level metrics and losses, and Delta_m.
 
-Predictions and targets (B = batch; dense predictions are at the input resolution H x W):
+A ``Task`` bundles them; ``mtlora_lite.course.scene_tasks`` builds the course's scene tasks from
+these parts. Metrics are accumulated over the whole evaluation set (never averaged over batches):
 
-========== ================= ======================= ============================================
-task       prediction        target                  loss; metrics (primary first)
-========== ================= ======================= ============================================
-semseg,    (B, C, H, W)      (B, H, W) int64         cross-entropy; "mIoU", "pixel_acc"
-parts      logits
-saliency   (B, 1, H, W)      (B, H, W) {0, 1}        BCE with logits; "maxF", "IoU"
-normals    (B, 3, H, W)      (B, 3, H, W), zero =    L1 of the L2-normalised prediction on valid
-                             invalid                 pixels; "mean_angle", "rmse_angle",
-                                                     "median_angle", "within_11.25" (degrees / %)
-depth      (B, 1, H, W)      (B, H, W), 0 = invalid  L1 on valid pixels; "rmse", "mae"
-edges      (B, 1, H, W)      (B, H, W) {0, 1}        BCE, positives weighted by #neg / #pos of
-                                                     the batch; "odsF", "IoU"
-count,     (B, C) logits     (B,) int64              cross-entropy; "acc"
-shape,
-colour
-answer     (B, A) logits     (B, 2) int64:           cross-entropy on the answer; "acc" and
-                             [answer, task]          "acc/<task>" per mixture task
-========== ================= ======================= ============================================
+* ``ConfusionMetric``: one confusion matrix over all pixels; "mIoU" averages the IoU of the
+  classes (background included) whose union (ground truth or prediction) is non-empty; labels
+  outside [0, C) (e.g. 255) are ignored. Also "pixel_acc".
+* ``ThresholdMetric`` (saliency, edges): true / false positives counted per threshold in
+  ``THRESHOLDS`` over the whole set, then the best threshold: the F-measure with ``beta2`` (0.3,
+  "maxF", as in the multi-task literature; or 1.0, "odsF" with exact pixel matching) and "IoU".
+* ``NormalsMetric``: angles in degrees between the normalised prediction and valid (non-zero)
+  targets: "mean_angle", "rmse_angle", "median_angle" (from ``ANGLE_BIN`` degree bins),
+  "within_11.25" (%).
+* ``DepthMetric``: "rmse", "mae" over pixels with target > 0. ``AccuracyMetric``: "acc" (%),
+  optionally per group.
 
-All metrics are in percent except the normals' angles (degrees) and the depth errors, and are
-accumulated over the whole evaluation set:
-* mIoU: one confusion matrix over all pixels; IoU per class (background included) averaged over
-  the classes whose union (ground truth or prediction) is non-empty.
-* maxF / odsF / IoU for saliency and edges: true/false positives counted per threshold in
-  ``THRESHOLDS`` over the whole set, then the best threshold is taken. maxF uses beta^2 = 0.3
-  as in the multi-task literature; odsF (edges) uses beta^2 = 1 with exact pixel matching (no
-  distance tolerance, unlike the BSDS benchmark).
-* median_angle is read from a histogram with ``ANGLE_BIN`` degree bins.
-* "answer": a prediction is right only if its argmax over the whole union answer space is the
-  true answer, so the model must also recognise the task from its cue.
+All metrics are in percent except the angles (degrees) and depth errors.
 """
 
 from __future__ import annotations
@@ -39,15 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from mtlora_lite.data import MIXTURE_TASKS, mixture_layout
-from mtlora_lite.scenes import DENSE_TASKS, DOWNSTREAM, IMAGE_TASKS, SceneConfig, class_names
 
 THRESHOLDS = torch.linspace(0.05, 0.95, 19)  # probability thresholds for saliency and edges
 ANGLE_BIN = 0.1  # degrees per histogram bin for the median angular error
@@ -198,37 +179,42 @@ class DepthMetric:
         return {"rmse": math.sqrt(self.sum_sq / self.count), "mae": self.sum_abs / self.count}
 
 
-def _normals_loss(pred: Tensor, target: Tensor) -> Tensor:
+def normals_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 between the L2-normalised prediction (B, 3, H, W) and unit targets, on valid (non-zero)
+    target pixels."""
     valid = (target.norm(dim=1) > 0.5).unsqueeze(1)
     diff = (F.normalize(pred, dim=1) - target).abs() * valid
     return diff.sum() / (3 * valid.sum()).clamp_min(1)
 
 
-def _depth_loss(pred: Tensor, target: Tensor) -> Tensor:
+def depth_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 of pred (B, 1, H, W) against target (B, H, W) on pixels with target > 0."""
     valid = target > 0
     return ((pred[:, 0] - target).abs() * valid).sum() / valid.sum().clamp_min(1)
 
 
-def _saliency_loss(pred: Tensor, target: Tensor) -> Tensor:
+def binary_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of logits (B, 1, H, W) against a {0, 1} mask (B, H, W)."""
     return F.binary_cross_entropy_with_logits(pred[:, 0], target)
 
 
-def _answer_loss(pred: Tensor, target: Tensor) -> Tensor:
-    return F.cross_entropy(pred, target[:, 0])
-
-
-def _edge_loss(pred: Tensor, target: Tensor) -> Tensor:
+def balanced_binary_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """``binary_loss`` with positives weighted by #negatives / #positives of the batch."""
     pos = target.sum()
     pos_weight = (target.numel() - pos) / pos.clamp_min(1)
     return F.binary_cross_entropy_with_logits(pred[:, 0], target, pos_weight=pos_weight)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Task:
-    """One task: its head size, loss and metric. ``primary`` is the metric used for Delta_m."""
+    """One task: its head size, loss and metric, given by keyword. ``primary`` names the metric
+    used for Delta_m, ``higher_is_better`` says which way it improves.
+
+    ``kind`` is free text for tables ("segmentation", "normals", "classification", ...); ``dense``
+    says whether predictions are maps (B, C, H, W) at the input resolution or labels (B, C).
+    """
 
     name: str
-    # "segmentation", "saliency", "normals", "depth", "edges", "classification" or "mixture"
     kind: str
     out_channels: int
     dense: bool
@@ -238,7 +224,7 @@ class Task:
     metric_factory: Callable[[], Metric] = field(repr=False)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Scalar loss of ``pred`` (B, out_channels, ...) against ``target`` (see module doc)."""
+        """Scalar loss of ``pred`` (B, out_channels, ...) against ``target``."""
         wanted = "(B, C, H, W) at the input resolution" if self.dense else "(B, C)"
         dense_ok = pred.ndim == 4 and pred.shape[-2:] == target.shape[-2:]
         if not (dense_ok if self.dense else pred.ndim == 2) or pred.shape[1] != self.out_channels:
@@ -253,47 +239,6 @@ class Task:
         return self.metric_factory()
 
 
-TASK_NAMES = (*DENSE_TASKS, *IMAGE_TASKS, "answer")
-
-
-def _make_task(name: str, config: SceneConfig, mixture_tasks: Sequence[str]) -> Task:
-    if name in ("semseg", "parts"):
-        c = len(class_names(config, name))
-        miou = partial(ConfusionMetric, c)
-        return Task(name, "segmentation", c, True, "mIoU", True, F.cross_entropy, miou)
-    if name == "saliency":
-        max_f = partial(ThresholdMetric, 0.3, "maxF")
-        return Task(name, "saliency", 1, True, "maxF", True, _saliency_loss, max_f)
-    if name == "normals":
-        return Task(name, "normals", 3, True, "mean_angle", False, _normals_loss, NormalsMetric)
-    if name == "depth":
-        return Task(name, "depth", 1, True, "rmse", False, _depth_loss, DepthMetric)
-    if name == "edges":
-        ods_f = partial(ThresholdMetric, 1.0, "odsF")
-        return Task(name, "edges", 1, True, "odsF", True, _edge_loss, ods_f)
-    if name == "answer":
-        a = sum(n for _, n in mixture_layout(mixture_tasks, config).values())
-        per_task = partial(AccuracyMetric, list(mixture_tasks))
-        return Task(name, "mixture", a, False, "acc", True, _answer_loss, per_task)
-    c = len(class_names(config, name))
-    return Task(name, "classification", c, False, "acc", True, F.cross_entropy, AccuracyMetric)
-
-
-def build_tasks(
-    names: Sequence[str],
-    config: SceneConfig = DOWNSTREAM,
-    mixture_tasks: Sequence[str] = MIXTURE_TASKS,
-) -> dict[str, Task]:
-    """The tasks ``names`` for scenes drawn with ``config``, keyed by name, in the given order.
-
-    ``mixture_tasks`` sets the union answer space of the "answer" task (see ``mixture_layout``).
-    """
-    unknown = [n for n in names if n not in TASK_NAMES]
-    if unknown:
-        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
-    return {name: _make_task(name, config, mixture_tasks) for name in names}
-
-
 def primary_metrics(
     metrics: Mapping[str, Mapping[str, float]], tasks: Mapping[str, Task]
 ) -> dict[str, float]:
@@ -301,11 +246,11 @@ def primary_metrics(
     return {name: metrics[name][task.primary] for name, task in tasks.items()}
 
 
-def delta_m(
+def relative_changes(
     multi: Mapping[str, float], single: Mapping[str, float], higher_is_better: Mapping[str, bool]
-) -> float:
-    """Delta_m in %: mean over tasks of (-1)^l_t (M_mt,t - M_st,t) / M_st,t * 100, l_t = 1 where
-    lower is better (Maninis et al. 2019). Positive = the multi-task model is better on average."""
+) -> dict[str, float]:
+    """Each task's signed relative change in %: (-1)^l_t (M_mt,t - M_st,t) / M_st,t * 100, with
+    l_t = 1 where lower is better, so that positive always means better than single-task."""
     if not multi or set(multi) != set(single) or set(multi) != set(higher_is_better):
         raise ValueError(
             "multi, single and higher_is_better need the same non-empty task set, got "
@@ -316,5 +261,14 @@ def delta_m(
         raise ValueError(
             f"single-task references of {zero} are 0, so relative changes are undefined"
         )
-    terms = [(1 if higher_is_better[t] else -1) * (multi[t] - single[t]) / single[t] for t in multi]
-    return 100 * sum(terms) / len(terms)
+    sign = {t: 1 if higher_is_better[t] else -1 for t in multi}
+    return {t: 100 * sign[t] * (multi[t] - single[t]) / single[t] for t in multi}
+
+
+def delta_m(
+    multi: Mapping[str, float], single: Mapping[str, float], higher_is_better: Mapping[str, bool]
+) -> float:
+    """Delta_m in %: the mean over tasks of ``relative_changes`` (Maninis et al. 2019).
+    Positive = the multi-task model is better on average."""
+    changes = relative_changes(multi, single, higher_is_better)
+    return sum(changes.values()) / len(changes)

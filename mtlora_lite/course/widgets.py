@@ -1,4 +1,4 @@
-"""Browse recorded training runs (``RunResult``, from ``experiments.load_results`` or your own):
+"""Browse recorded training runs (``RunResult``, from ``records.load_results`` or your own):
 
     rows = run_table(results)            # one flat dict per run (format_table or pandas)
     fig = plot_runs(results, "semseg")   # primary metric vs trainable parameters, a dot per run
@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from mtlora_lite.analysis import nanmean
-from mtlora_lite.experiments import RunResult
-from mtlora_lite.plots import plot_head_similarity_curves
-from mtlora_lite.tasks import TASK_NAMES, build_tasks
+from mtlora_lite.adapters.heads import nanmean
+from mtlora_lite.course.plots import plot_head_similarity_curves, split_layer_name
+from mtlora_lite.course.records import RunResult
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -39,24 +38,20 @@ def run_tasks(results: Sequence[RunResult]) -> list[str]:
 
 
 def metric_name(result: RunResult, task: str) -> str:
-    """Name of ``task``'s primary metric, e.g. "mIoU" (for a task of your own: the first metric
-    of ``result`` with the primary value, else "primary")."""
-    if task in TASK_NAMES:
-        return build_tasks([task])[task].primary
-    named = [k for k, v in result.metrics.get(task, {}).items() if v == result.primary[task]]
-    return named[0] if named else "primary"
+    """Name of ``task``'s primary metric in ``result``, e.g. "mIoU" ("primary" if unrecorded)."""
+    return result.primary_metric.get(task, "primary")
 
 
-def _direction(task: str) -> str:
-    if task not in TASK_NAMES:  # a task of your own: direction unknown
+def _direction(result: RunResult, task: str) -> str:
+    if task not in result.higher_is_better:
         return ""
-    return f" ({'higher' if build_tasks([task])[task].higher_is_better else 'lower'} is better)"
+    return f" ({'higher' if result.higher_is_better[task] else 'lower'} is better)"
 
 
 def _options_text(options: Mapping[str, Any]) -> str:
-    """ "rank=4, init=rlora": a run's scalar options (its method has a column of its own)."""
+    """ "rank=4, init=rlora": a run's scalar options."""
     pairs = [(k, v) for k, v in options.items() if isinstance(v, bool | int | float | str)]
-    return ", ".join(f"{k}={v}" for k, v in pairs if k != "method")
+    return ", ".join(f"{k}={v}" for k, v in pairs)
 
 
 def run_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
@@ -78,12 +73,22 @@ def run_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     return rows
 
 
-def similarity_curve(result: RunResult) -> tuple[list[int], list[float]] | None:
-    """(steps, mean head cosine over layers) recorded by a multi-head run, else None."""
+def similarity_curve(
+    result: RunResult, module: str | None = None
+) -> tuple[list[int], list[float]] | None:
+    """(steps, mean head cosine over layers) recorded by a multi-head run, else None.
+
+    ``module`` (e.g. "attn.qkv") averages only over the layers of that type (``split_layer_name``).
+    Layers whose heads are all zero (NaN) are skipped; a step with none left gives NaN.
+    """
     record = result.extras.get("similarity")
     if not record:
         return None
-    return list(record["steps"]), [nanmean(layers.values()) for layers in record["values"]]
+    values = [
+        nanmean(v for name, v in layers.items() if module in (None, split_layer_name(name)[1]))
+        for layers in record["values"]
+    ]
+    return list(record["steps"]), values
 
 
 def plot_runs(
@@ -115,7 +120,7 @@ def plot_runs(
         ax.set_xscale("log")
     metric = metric_name(runs[0], task)
     ax.set_xlabel("trainable parameters (count, log scale)")
-    ax.set_ylabel(f"{task} {metric}{_direction(task)}", fontsize=8)
+    ax.set_ylabel(f"{task} {metric}{_direction(runs[0], task)}", fontsize=8)
     ax.set_title(f"{task}: {metric} vs trainable parameters ({len(runs)} runs)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(title="method (runs)", fontsize=7, title_fontsize=7)

@@ -29,7 +29,7 @@ Labels (keys of ``generate_scenes``):
 
 Speed: 10,000 images at 64x64 (1.7 GB of tensors, mostly the int64 and float32 labels) in
 3.1-3.5 s on 2 otherwise idle CPU cores (torch 2.14; 6 s of CPU time), measured with
-``python -c "import time; from mtlora_lite.scenes import generate_scenes as g;
+``python -c "import time; from mtlora_lite.course.scenes import generate_scenes as g;
 t = time.perf_counter(); g(10_000, 0); print(time.perf_counter() - t)"``.
 """
 
@@ -43,15 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlora_lite.primitives import PRIMITIVES, TEXTURES, intersect, rotation
+from mtlora_lite.course.primitives import PRIMITIVES, TEXTURES, intersect, rotation
 
 CAMERA_Z = 2.5  # rays start on the plane z = CAMERA_Z; depth = distance from that plane
 FAR = 5.0  # depth of background pixels (every object is nearer)
 TOP_COS = 0.7  # "top" part: normal within ~45 degrees of the object's up axis
 SHADOW_COS = 0.25  # "shadowed body" part: normal . light below this
 PART_NAMES = ("background", "top", "lit body", "shadowed body")
-DENSE_TASKS = ("semseg", "parts", "saliency", "normals", "depth", "edges")
-IMAGE_TASKS = ("count", "shape", "colour")
+DENSE_LABELS = ("semseg", "parts", "saliency", "normals", "depth", "edges")
+IMAGE_LABELS = ("count", "shape", "colour")
 
 
 RGB = tuple[float, float, float]
@@ -308,7 +308,7 @@ def generate_scenes(n: int, seed: int, config: SceneConfig = DOWNSTREAM) -> dict
         "normals": torch.zeros(n, 3, size, size),
         "depth": torch.full((n, size, size), FAR),
         "edges": torch.empty(n, size, size),
-        **{task: torch.empty(n, dtype=torch.long) for task in IMAGE_TASKS},
+        **{task: torch.empty(n, dtype=torch.long) for task in IMAGE_LABELS},
     }
     for start in range(0, n, _CHUNK):
         chunk = slice(start, start + _CHUNK)

@@ -20,11 +20,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mtlora_lite.adapters.heads import HEAD_MODES, head_similarity, nanmean
+
 Metrics = dict[str, dict[str, float]]  # task -> metric name -> value
 
 
-class TaskLike(Protocol):
-    """What the trainer needs from a task (``mtlora_lite.tasks.Task`` satisfies it)."""
+class TrainTask(Protocol):
+    """What the trainer needs from a task (``mtlora_lite.multitask.tasks.Task`` has it)."""
 
     name: str
 
@@ -44,6 +46,43 @@ class Callback:
 
     def on_eval_end(self, epoch: int, model: nn.Module, metrics: Metrics) -> None:
         """After validating at the end of epoch ``epoch`` (1-based)."""
+
+
+class HeadSimilarityRecorder(Callback):
+    """Trainer callback: ``head_similarity(model, mode)`` before training and every ``every`` steps.
+
+    ``steps[k]`` is the optimizer step (0 = before training) of the record ``values[k]`` (layer ->
+    mean head cosine). ``curve()`` gives what to plot; ``to_dict()`` what to save as JSON.
+    """
+
+    def __init__(self, every: int = 10, mode: str = "B") -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if mode not in HEAD_MODES:
+            raise ValueError(f"mode must be one of {HEAD_MODES}, got {mode!r}")
+        self.every, self.mode = every, mode
+        self.steps: list[int] = []
+        self.values: list[dict[str, float]] = []
+
+    def _record(self, step: int, model: nn.Module) -> None:
+        self.steps.append(step)
+        self.values.append(head_similarity(model, self.mode))
+
+    def on_fit_start(self, model: nn.Module) -> None:
+        self._record(0, model)
+
+    def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
+        if step % self.every == 0:
+            self._record(step, model)
+
+    def curve(self, layer: str | None = None) -> tuple[list[int], list[float]]:
+        """(steps, similarity) of one layer, or averaged over layers (NaNs skipped) by default."""
+        if layer is None:
+            return self.steps, [nanmean(v.values()) for v in self.values]
+        return self.steps, [v[layer] for v in self.values]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "every": self.every, "steps": self.steps, "values": self.values}
 
 
 @dataclass
@@ -133,7 +172,7 @@ def _predict(model: nn.Module, images: Tensor, tasks: Iterable[str]) -> dict[str
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    tasks: Mapping[str, TaskLike],
+    tasks: Mapping[str, TrainTask],
     loader: Iterable,
     *,
     device: str | torch.device = "auto",
@@ -181,7 +220,7 @@ def lr_factor(step: int, total: int, warmup_steps: int) -> float:
 
 def _weighted_loss(
     model: nn.Module,
-    tasks: Mapping[str, TaskLike],
+    tasks: Mapping[str, TrainTask],
     weights: Mapping[str, float],
     images: Tensor,
     targets: Mapping[str, Tensor],
@@ -201,7 +240,7 @@ def _weighted_loss(
 
 def fit(
     model: nn.Module,
-    tasks: Mapping[str, TaskLike],
+    tasks: Mapping[str, TrainTask],
     train_loader: Iterable,
     val_loader: Iterable | None = None,
     *,

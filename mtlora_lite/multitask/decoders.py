@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class TaskSpec(Protocol):
-    """What a decoder needs to know about a task (``mtlora_lite.tasks.Task`` satisfies it)."""
+class TaskHead(Protocol):
+    """What a decoder (and ``build_model``) needs to know of a task; ``Task`` has it."""
 
+    name: str
     out_channels: int
     dense: bool
 
@@ -96,7 +97,7 @@ class ClassificationHead(nn.Module):
 
 
 def build_decoder(
-    task: TaskSpec, in_channels: Sequence[int], channels: Sequence[int] | None = None
+    task: TaskHead, in_channels: Sequence[int], channels: Sequence[int] | None = None
 ) -> DenseDecoder | ClassificationHead:
     """A ``DenseDecoder`` for a dense task (``task.dense``), else a ``ClassificationHead``."""
     if task.dense:

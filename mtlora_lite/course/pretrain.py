@@ -1,9 +1,9 @@
 """Pretrain the course Swin on the PRETRAIN scenes and check that it helps downstream.
 
-``python -m mtlora_lite.pretrain`` trains the course Swin with linear heads on four PRETRAIN
+``python -m mtlora_lite.course.pretrain`` trains the course Swin with linear heads on four PRETRAIN
 tasks (object count, shape and colour of the largest object, semantic segmentation) on freshly
 generated scenes, then writes ``course_swin.safetensors`` (backbone only) and its card
-``course_swin.json`` (see ``mtlora_lite.backbones``). ``--probe`` compares the checkpoint with a
+``course_swin.json`` (see ``mtlora_lite.course.backbones``). ``--probe`` compares the checkpoint with a
 randomly initialised Swin on DOWNSTREAM data (linear probe and short fine-tuning) and adds the
 numbers to the card.
 """
@@ -26,19 +26,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from mtlora_lite.backbones import (
+from mtlora_lite.course.backbones import (
     CARD_NAME,
     build_course_swin,
     data_dir,
-    feature_channels,
     load_backbone,
     load_course_card,
     save_course_checkpoint,
 )
-from mtlora_lite.data import SceneDataset, make_loaders, normalize
-from mtlora_lite.scenes import DOWNSTREAM, PRETRAIN, SceneConfig, generate_scenes
-from mtlora_lite.tasks import Task, build_tasks, primary_metrics
-from mtlora_lite.train import fit, resolve_device, seed_everything
+from mtlora_lite.course.data import SceneDataset, make_loaders, normalize
+from mtlora_lite.course.scene_tasks import build_tasks
+from mtlora_lite.course.scenes import DOWNSTREAM, PRETRAIN, SceneConfig, generate_scenes
+from mtlora_lite.multitask.backbones import feature_channels
+from mtlora_lite.multitask.tasks import Task, primary_metrics
+from mtlora_lite.multitask.train import fit, resolve_device, seed_everything
 
 
 @dataclasses.dataclass
@@ -188,7 +189,7 @@ def pretrain(
         for i in range(0, len(losses), every)
     ]
     card = {
-        "description": "course Swin pretrained on PRETRAIN scenes by python -m mtlora_lite.pretrain",
+        "description": "course Swin pretrained on PRETRAIN scenes by python -m mtlora_lite.course.pretrain",
         "settings": dataclasses.asdict(cfg),
         "optimizer": "AdamW, no weight decay on 1-D params, linear warmup + cosine decay to 0",
         "heads": "linear per task (discarded): pooled features / concatenated upsampled stages",

@@ -1,6 +1,6 @@
 """Multi-task models on a timm Swin: MTLoRA and its baselines behind one builder.
 
-    model = build_model(backbone, tasks, "mtlora", shared_rank=16)   # or "full", "decoders", "lora"
+    model = build_model(backbone, tasks, "mtlora", shared_rank=16)   # or "full", "decoders", ...
     preds = model(images)                       # {task: (B, C_t, H, W) dense, or (B, C_t) labels}
     print(trainable_breakdown(model))           # decoders / heads / ta_lora / ts_lora / ... rows
 
@@ -8,7 +8,7 @@ Methods (every model gets its own deep copy of the backbone, so models never sha
     "full"      multi-task full fine-tuning: shared backbone + decoders all trainable
                 (single-task fine-tuning: "full" with one task, one model per task)
     "decoders"  frozen backbone, decoders only
-    "lora"      shared LoRA only: MTLoRA without TS-LoRA (``task_stages=()``), same extras
+    "shared_lora"  one shared LoRA: MTLoRA without TS-LoRA (``task_stages=()``), same extras
     "mtlora"    TA-LoRA + TS-LoRA (``MTLoRAConfig`` options as keyword arguments)
 
 timm's classifier is removed and its final norm (unused by the dense features, absent from the
@@ -20,104 +20,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import timm
 import torch
 from torch import Tensor, nn
 
-from mtlora_lite.analysis import Breakdown, trainable_breakdown
-from mtlora_lite.decoders import DenseDecoder, build_decoder
-from mtlora_lite.lora import Targets
-from mtlora_lite.mtlora import (
-    MTLoRAConfig,
+from mtlora_lite.adapters.breakdown import Breakdown, trainable_breakdown
+from mtlora_lite.adapters.lora import Targets
+from mtlora_lite.adapters.mtlora import MTLoRAConfig
+from mtlora_lite.adapters.swin import (
+    SwinTaskEncoder,
+    _inject_mtlora,
     check_swin,
-    check_task_names,
-    inject_mtlora,
     mark_mtlora_trainable,
-    task_streams,
-    ts_layers,
 )
+from mtlora_lite.multitask.decoders import DenseDecoder, TaskHead, build_decoder
 
-Method = Literal["full", "decoders", "lora", "mtlora"]
-METHODS: tuple[str, ...] = ("full", "decoders", "lora", "mtlora")
+Method = Literal["full", "decoders", "shared_lora", "mtlora"]
+METHODS: tuple[str, ...] = ("full", "decoders", "shared_lora", "mtlora")
 # PASCAL-Context as in the paper: semantic segmentation, human parts, saliency, surface normals.
 PAPER_TASKS: dict[str, int] = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
-
-
-class TaskLike(Protocol):
-    """What the builder needs from a task (``mtlora_lite.tasks.Task`` satisfies it)."""
-
-    name: str
-    out_channels: int
-    dense: bool
-
-
-class SwinTaskEncoder(nn.Module):
-    """Multi-scale features of a timm Swin, per task: (B, 3, H, W) -> {task: [(B, C_i, H_i, W_i)]}.
-
-    Stages whose last block holds TS-LoRA give each task its own features (``task_streams``); the
-    other stages, and a Swin without TS-LoRA (full fine-tuning, frozen, plain LoRA), give every
-    task the same shared tensors. The next stage always continues from the shared stream.
-
-    features="merged" (official): stage i's features pass through stage i + 1's patch merging (the
-        shared weights; the last stage as is): Swin-T gives 192 / 384 / 768 / 768 channels at
-        strides 8 / 16 / 32 / 32, the course Swin 64 / 128 / 256 / 256.
-    features="stage": the stage outputs as they are (Swin-T 96 / 192 / 384 / 768, strides 4 ... 32).
-    """
-
-    def __init__(
-        self, swin: nn.Module, tasks: Sequence[str], features: Literal["merged", "stage"] = "merged"
-    ) -> None:
-        super().__init__()
-        if features not in ("merged", "stage"):
-            raise ValueError(f"features must be 'merged' or 'stage', got {features!r}")
-        self.backbone, self.features = check_swin(swin), features
-        self.tasks = check_task_names(tasks)
-        self.task_stages: list[int] = []
-        for i, stage in enumerate(swin.layers):
-            layers = ts_layers(stage.blocks[-1])
-            if layers is None:
-                continue
-            if any(list(m.tasks) != self.tasks for m in layers):
-                raise ValueError(
-                    f"stage {i} has TS-LoRA for tasks {list(layers[0].tasks)}, but the encoder was "
-                    f"given {self.tasks}; use the same names in the same order"
-                )
-            self.task_stages.append(i)
-
-    @property
-    def channels(self) -> list[int]:
-        """Channels of each feature map, finest first."""
-        chs = [info["num_chs"] for info in self.backbone.feature_info]
-        return chs[1:] + chs[-1:] if self.features == "merged" else chs
-
-    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
-        x = self.backbone.patch_embed(images)  # (B, H/4, W/4, C), channels last
-        shared: list[Tensor] = []  # per stage (B, h, w, c)
-        streams: list[Tensor | None] = []  # per stage (T, B, h, w, c), None where shared
-        for i, stage in enumerate(self.backbone.layers):
-            x = stage.downsample(x)
-            if i > 0 and self.features == "merged":  # stage i - 1's features, merged like x
-                shared[-1], xt = x, streams[-1]
-                if xt is not None:
-                    streams[-1] = stage.downsample(xt.flatten(0, 1)).unflatten(0, xt.shape[:2])
-            for block in stage.blocks[:-1]:
-                x = block(x)
-            if i in self.task_stages:
-                x, xt = task_streams(stage.blocks[-1], x)
-            else:
-                x, xt = stage.blocks[-1](x), None
-            shared.append(x)
-            streams.append(xt)
-        nchw = [s.permute(0, 3, 1, 2) for s in shared]  # views, one list for all tasks
-        return {
-            task: [
-                s if t is None else t[k].permute(0, 3, 1, 2)
-                for s, t in zip(nchw, streams, strict=True)
-            ]
-            for k, task in enumerate(self.tasks)
-        }
 
 
 class MultiTaskNet(nn.Module):
@@ -161,7 +84,7 @@ class MultiTaskNet(nn.Module):
 
 def build_model(
     backbone: nn.Module,
-    tasks: Sequence[TaskLike] | Mapping[str, TaskLike],
+    tasks: Sequence[TaskHead] | Mapping[str, TaskHead],
     method: Method = "mtlora",
     *,
     features: Literal["merged", "stage"] = "merged",
@@ -173,36 +96,37 @@ def build_model(
 
     Args:
         backbone: a timm ``SwinTransformer`` (left untouched; the model gets a copy).
-        tasks: objects with ``.name``, ``.out_channels`` and ``.dense`` (e.g. ``build_tasks(...)``,
-            a dict by name, or a list).
-        method: "full", "decoders", "lora" or "mtlora" (module docstring).
+        tasks: objects with ``.name``, ``.out_channels`` and ``.dense`` (e.g. ``Task``s, a dict
+            of them by name, or a list).
+        method: "full", "decoders", "shared_lora" or "mtlora" (module docstring).
         features: "merged" (official) or "stage" feature maps (see ``SwinTaskEncoder``).
         decoder_channels: 1x1 projection widths of the dense decoders (default 18, 36, 72, 144).
-        config, options: ``MTLoRAConfig`` and/or its fields (``shared_rank=32``, ...) for "lora"
-            and "mtlora"; options override config fields.
+        config, options: ``MTLoRAConfig`` and/or its fields (``shared_rank=32``, ...) for
+            "shared_lora" and "mtlora"; options override config fields.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     tasks = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
-    names = [t.name for t in tasks]
-    swin = check_swin(copy.deepcopy(backbone))
-    swin.reset_classifier(0)
-    if method in ("lora", "mtlora"):
-        cfg = dataclasses.replace(config or MTLoRAConfig(), **options)
-        if method == "lora":
-            if cfg.task_stages:
-                raise ValueError("method 'lora' has no TS-LoRA; use 'mtlora' to set task_stages")
-            cfg = dataclasses.replace(cfg, task_stages=())
-        inject_mtlora(swin, names, cfg)
-        mark_mtlora_trainable(swin, cfg)
-    elif options or config is not None:
+    if method not in ("shared_lora", "mtlora") and (options or config is not None):
         raise TypeError(
             f"method {method!r} takes no MTLoRA options, got {sorted(options) or 'config'}"
         )
+    swin = check_swin(copy.deepcopy(backbone))
+    swin.reset_classifier(0)
+    encoder = SwinTaskEncoder(swin, [t.name for t in tasks], features)  # checks the names
+    if method in ("shared_lora", "mtlora"):
+        cfg = dataclasses.replace(config or MTLoRAConfig(), **options)
+        if method == "shared_lora":
+            if cfg.task_stages:
+                raise ValueError(
+                    "method 'shared_lora' has no TS-LoRA; use 'mtlora' to set task_stages"
+                )
+            cfg = dataclasses.replace(cfg, task_stages=())
+        _inject_mtlora(swin, encoder.tasks, cfg)
+        mark_mtlora_trainable(swin, cfg)
     else:
         swin.requires_grad_(method == "full")
     swin.norm.requires_grad_(False)
-    encoder = SwinTaskEncoder(swin, names, features)
     device = next(swin.parameters()).device
     decoders = {
         t.name: build_decoder(t, encoder.channels, decoder_channels).to(device) for t in tasks

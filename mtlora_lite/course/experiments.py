@@ -18,27 +18,33 @@ references notebook 02 measured); delete the folder or pass ``cache_dir=None`` t
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from mtlora_lite.analysis import HeadSimilarityRecorder, router_statistics, trainable_breakdown
-from mtlora_lite.backbones import load_backbone, load_course_card
-from mtlora_lite.data import make_loaders, make_mixture_loaders
-from mtlora_lite.lora import inject_lora, mark_only_adapters_trainable
-from mtlora_lite.models import build_model
-from mtlora_lite.multihead import inject_multihead_lora
-from mtlora_lite.tasks import build_tasks, primary_metrics
-from mtlora_lite.train import Callback, fit, resolve_device, seed_everything
+from mtlora_lite.adapters.heads import router_statistics
+from mtlora_lite.adapters.lora import TIMM_TARGETS, inject_lora, mark_only_adapters_trainable
+from mtlora_lite.adapters.multihead import inject_multihead_lora
+from mtlora_lite.course.backbones import load_backbone, load_course_card
+from mtlora_lite.course.data import make_loaders, make_mixture_loaders
+from mtlora_lite.course.records import RunResult, read_record, run_record, write_record
+from mtlora_lite.course.scene_tasks import build_tasks
+from mtlora_lite.multitask.models import build_model
+from mtlora_lite.multitask.train import (
+    Callback,
+    HeadSimilarityRecorder,
+    fit,
+    resolve_device,
+    seed_everything,
+)
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature
-ADAPTER_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 DECODER_CHANNELS = (8, 16, 32, 64)  # 1x1 projection widths for the course Swin's four stages
 
 
@@ -56,7 +62,14 @@ class Recipe:
         return dict(self.lr)[method]
 
 
-_LR = (("full", 5e-4), ("decoders", 3e-3), ("lora", 2e-3), ("mtlora", 2e-3), ("multihead", 2e-3))
+_LR = (
+    ("full", 5e-4),
+    ("decoders", 3e-3),
+    ("shared_lora", 2e-3),
+    ("mtlora", 2e-3),
+    ("lora", 2e-3),
+    ("multihead", 2e-3),
+)
 
 # Sized so that the whole course (about 14 dense and 19 mixture runs) fits in about 30 min on
 # 2 CPU cores; see the README's notebook table for the measured runtimes.
@@ -78,28 +91,6 @@ def recipe(kind: str, profile: str) -> Recipe:
     return table[profile]
 
 
-@dataclass
-class RunResult:
-    """What one training run measured (JSON-serialisable with ``dataclasses.asdict``)."""
-
-    name: str
-    method: str
-    tasks: list[str]
-    seed: int
-    options: dict[str, Any]
-    metrics: dict[str, dict[str, float]]  # task -> metric -> value, on the validation set
-    primary: dict[str, float]  # task -> value of its primary metric
-    trainable: int
-    total: int
-    breakdown: dict[str, dict[str, int]]
-    seconds: float
-    images_per_s: float
-    loss_curve: list[tuple[int, float]]
-    extras: dict[str, Any] = field(default_factory=dict)
-    measured_on: str = ""
-    cached: bool = False  # True when this run was read from the cache rather than trained now
-
-
 def _spec(
     kind: str,
     name: str,
@@ -112,8 +103,6 @@ def _spec(
 ) -> dict[str, Any]:
     """Everything that defines a run: its cache key (device type, backbone checksum and package
     version included)."""
-    from mtlora_lite import __version__  # here: the package imports this module
-
     return dict(
         kind=kind,
         name=name,
@@ -123,7 +112,7 @@ def _spec(
         options=options,
         device=resolve_device(device).type,
         backbone=load_course_card()["sha256"],
-        package=__version__,
+        package=version("mtlora-lite"),
         **extra,
     )
 
@@ -132,34 +121,22 @@ def _key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _from_json(path: Path) -> RunResult:
-    stored = json.loads(path.read_text())
-    stored.pop("spec", None)
-    stored["loss_curve"] = [tuple(p) for p in stored["loss_curve"]]
-    return RunResult(**{**stored, "cached": True})
-
-
 def _cached_run(
     spec: dict[str, Any], cache_dir: str | Path | None, train: Callable[[], RunResult]
 ) -> RunResult:
     """``train()`` unless a result for exactly ``spec`` is in ``cache_dir``."""
     path = Path(cache_dir) / f"{spec['name']}-{_key(spec)}.json" if cache_dir else None
     if path is not None and path.exists():
-        return _from_json(path)
+        return read_record(path)
     result = train()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**dataclasses.asdict(result), "spec": spec}, indent=1))
+        write_record(result, path, spec=spec)
     return result
-
-
-def _curve(history_steps: list[dict[str, Any]], points: int = 60) -> list[tuple[int, float]]:
-    stride = max(1, len(history_steps) // points)
-    return [(r["step"], r["loss"]) for r in history_steps[::stride]]
 
 
 def _train(
     name: str,
+    method: str,
     model: nn.Module,
     tasks: dict,
     loaders: tuple,
@@ -182,22 +159,15 @@ def _train(
         progress=progress,
         callbacks=callbacks,
     )
-    table = trainable_breakdown(model)
-    return RunResult(
-        name=name,
-        method=options.get("method", name),
-        tasks=list(tasks),
+    return run_record(
+        name,
+        method,
+        tasks,
+        history,
+        model,
         seed=seed,
         options=options,
-        metrics=history.final,
-        primary=primary_metrics(history.final, tasks),
-        trainable=table.trainable,
-        total=table.total,
-        breakdown=table.to_dict(),
-        seconds=history.wall_time_s,
-        images_per_s=history.images_per_s,
-        loss_curve=_curve(history.steps),
-        measured_on=f"{dt.date.today().isoformat()}, {resolve_device(device)}",
+        device=str(resolve_device(device)),
     )
 
 
@@ -216,7 +186,7 @@ def run_dense(
 ) -> RunResult:
     """Train the course Swin on dense scene tasks with ``build_model(method, **options)``.
 
-    ``method`` is "full", "decoders", "lora" or "mtlora" (see ``mtlora_lite.models``); one task
+    ``method`` is "full", "decoders", "shared_lora" or "mtlora" (``multitask.models``); one task
     with "full" is single-task fine-tuning. Features are the raw stage maps (strides 4-32, better
     suited to 64 x 64 scenes than the official merged maps) with ``DECODER_CHANNELS``.
     """
@@ -239,8 +209,9 @@ def run_dense(
             decoder_channels=DECODER_CHANNELS,
             **options,
         )
-        opts = {"method": method, **options}
-        return _train(name, model, task_map, loaders, rec, lr, seed, device, progress, opts)
+        return _train(
+            name, method, model, task_map, loaders, rec, lr, seed, device, progress, options
+        )
 
     return _cached_run(spec, cache_dir, train)
 
@@ -301,7 +272,7 @@ def run_mixture(
             n_train=rec.n_train, n_val=rec.n_val, seed=seed, batch_size=rec.batch_size
         )
         model = build_model(load_backbone("course"), list(task_map.values()), "decoders")
-        targets = list(ADAPTER_TARGETS)
+        targets = list(TIMM_TARGETS)
         if adapter == "multihead":
             inject_multihead_lora(model.encoder, targets, rank=rank, dropout=dropout, **heads)
         else:
@@ -310,9 +281,19 @@ def run_mixture(
         recorder = (
             [HeadSimilarityRecorder(every=similarity_every)] if adapter == "multihead" else []
         )
-        opts = {"method": adapter, **options}
         result = _train(
-            name, model, task_map, loaders, rec, lr, seed, device, progress, opts, recorder
+            name,
+            adapter,
+            model,
+            task_map,
+            loaders,
+            rec,
+            lr,
+            seed,
+            device,
+            progress,
+            options,
+            recorder,
         )
         if recorder:
             result.extras["similarity"] = recorder[0].to_dict()
@@ -329,8 +310,3 @@ def run_mixture(
         return result
 
     return _cached_run(spec, cache_dir, train)
-
-
-def load_results(cache_dir: str | Path = "outputs/cache") -> list[RunResult]:
-    """Every run recorded in ``cache_dir`` (for explorers and summaries)."""
-    return [_from_json(path) for path in sorted(Path(cache_dir).glob("*.json"))]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
-from mtlora_lite.lora import adapter_layers
+from mtlora_lite.adapters.lora import adapter_layers
 
 FORMAT = "mtlora_lite.adapters/1"
 

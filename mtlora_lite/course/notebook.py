@@ -1,0 +1,157 @@
+"""Small helpers the course notebooks share: where their files go, environment report, figures,
+results on disk, timing, run summaries.
+
+Paths. A notebook's ``OUT_DIR`` / ``CACHE_DIR`` are relative to the course root (``course_path``):
+``$MTLORA_LITE_HOME`` if set, else the checkout of this repository that holds the kernel's working
+folder (``make course`` runs in its root, JupyterLab in ``notebooks/``: both write the same
+``outputs/``), else the working folder itself (Colab: ``/content``, before and after a restart).
+
+Every notebook ends by calling ``save_results``: the JSON it writes is what ``make course`` summarises
+and what the smoke tests check, so it only accepts finite numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlora_lite.course.records import RunResult
+
+RESULTS_FILE = "results.json"
+HOME_ENV_VAR = "MTLORA_LITE_HOME"
+PROJECT_NAME = 'name = "mtlora-lite"'  # how the repository's pyproject.toml names the project
+
+
+def course_root(start: str | Path | None = None) -> Path:
+    """The folder relative course paths start from (module docstring): ``$MTLORA_LITE_HOME``, else
+    the mtlora-lite checkout holding ``start`` (default: the working folder), else ``start``."""
+    if os.environ.get(HOME_ENV_VAR):
+        return Path(os.environ[HOME_ENV_VAR]).expanduser().resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        project = folder / "pyproject.toml"
+        if project.is_file() and PROJECT_NAME in project.read_text(errors="replace"):
+            return folder
+    return here
+
+
+def course_path(path: str | Path | None) -> Path | None:
+    """``path`` under ``course_root()`` if relative; absolute paths (and None) as given."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else course_root() / path
+
+
+def environment_report(device: torch.device) -> str:
+    """One line per library version plus the chosen device, for the notebook's first output."""
+    import matplotlib
+    import timm
+
+    lines = [
+        f"python     {sys.version.split()[0]} ({platform.platform()})",
+        f"torch      {torch.__version__}  (threads: {torch.get_num_threads()})",
+        f"timm       {timm.__version__}",
+        f"matplotlib {matplotlib.__version__}",
+        f"device     {device}",
+    ]
+    if device.type == "cuda":
+        lines[-1] += f" ({torch.cuda.get_device_name(device)})"
+    return "\n".join(lines)
+
+
+def save_figure(fig: Any, out_dir: str | Path, name: str, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as ``out_dir/name.png`` and return the path."""
+    path = Path(out_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"results must be finite numbers, got {value} at {where}")
+
+
+def save_results(results: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Write ``results`` (JSON-serialisable, finite numbers) to ``out_dir/results.json``.
+
+    By convention ``results["headline"]`` holds the few numbers ``make course`` prints per notebook.
+    """
+    _check_finite(results, "results")
+    path = Path(out_dir) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def time_forward(
+    models: Mapping[str, Callable[[Tensor], Any]], x: Tensor, repeats: int
+) -> dict[str, list[float]]:
+    """Milliseconds of ``repeats`` calls ``model(x)`` for each model, without gradients.
+
+    The models take turns (one call each per round), so a slowdown of a shared machine hits them
+    alike; one round of warm-up first. On CUDA each call is synchronised.
+    """
+
+    def sync() -> None:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model(x)
+        for _ in range(repeats):
+            for name, model in models.items():
+                sync()
+                tic = time.perf_counter()
+                model(x)
+                sync()
+                times[name].append(1000 * (time.perf_counter() - tic))
+    return times
+
+
+def median_times(times: Mapping[str, list[float]]) -> dict[str, float]:
+    """The median of each model's ``time_forward`` times."""
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def describe_run(result: RunResult) -> str:
+    """One line on a run: name, trainable parameters, training time, trained now or cached."""
+    source = f"cached, measured {result.measured_on}" if result.cached else "trained now"
+    return (
+        f"{result.name:<38} {result.trainable:>10,} trainable  {result.seconds:6.1f} s  ({source})"
+    )
+
+
+def format_table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
+    """A plain-text table from a list of dicts with the same keys (for closing cells)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    cells = [
+        [f"{r[c]:{floatfmt}}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    head = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([head, rule, *body])

@@ -1,0 +1,163 @@
+"""The scene tasks of the course: each label of ``course.scenes`` as a ``Task`` (``build_tasks``).
+
+Predictions and targets (B = batch; dense predictions are at the input resolution H x W):
+
+========== ================= ======================= ============================================
+task       prediction        target                  loss; metrics (primary first)
+========== ================= ======================= ============================================
+semseg,    (B, C, H, W)      (B, H, W) int64         cross-entropy; "mIoU", "pixel_acc"
+parts      logits
+saliency   (B, 1, H, W)      (B, H, W) {0, 1}        BCE with logits; "maxF", "IoU"
+normals    (B, 3, H, W)      (B, 3, H, W), zero =    L1 of the L2-normalised prediction on valid
+                             invalid                 pixels; "mean_angle", "rmse_angle",
+                                                     "median_angle", "within_11.25" (degrees / %)
+depth      (B, 1, H, W)      (B, H, W), 0 = invalid  L1 on valid pixels; "rmse", "mae"
+edges      (B, 1, H, W)      (B, H, W) {0, 1}        BCE, positives weighted by #neg / #pos of
+                                                     the batch; "odsF", "IoU"
+count,     (B, C) logits     (B,) int64              cross-entropy; "acc"
+shape,
+colour
+answer     (B, A) logits     (B, 2) int64:           cross-entropy on the answer; "acc" and
+                             [answer, task]          "acc/<task>" per mixture task
+========== ================= ======================= ============================================
+
+The metrics and losses are the library's (``mtlora_lite.multitask.tasks``, which explains them).
+"answer": a prediction is right only if its argmax over the whole union answer space is the
+true answer, so the model must also recognise the task from its cue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtlora_lite.course.data import MIXTURE_TASKS, mixture_layout
+from mtlora_lite.course.scenes import (
+    DENSE_LABELS,
+    DOWNSTREAM,
+    IMAGE_LABELS,
+    SceneConfig,
+    class_names,
+)
+from mtlora_lite.multitask.tasks import (
+    AccuracyMetric,
+    ConfusionMetric,
+    DepthMetric,
+    NormalsMetric,
+    Task,
+    ThresholdMetric,
+    balanced_binary_loss,
+    binary_loss,
+    depth_loss,
+    normals_loss,
+)
+
+TASK_NAMES = (*DENSE_LABELS, *IMAGE_LABELS, "answer")
+
+
+def _answer_loss(pred: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(pred, target[:, 0])
+
+
+def _make_task(name: str, config: SceneConfig, mixture_tasks: Sequence[str]) -> Task:
+    if name in ("semseg", "parts"):
+        c = len(class_names(config, name))
+        kind, loss, metric = "segmentation", F.cross_entropy, partial(ConfusionMetric, c)
+        return Task(
+            name=name,
+            kind=kind,
+            out_channels=c,
+            dense=True,
+            primary="mIoU",
+            higher_is_better=True,
+            loss_fn=loss,
+            metric_factory=metric,
+        )
+    if name == "saliency":
+        max_f = partial(ThresholdMetric, 0.3, "maxF")
+        return Task(
+            name=name,
+            kind="saliency",
+            out_channels=1,
+            dense=True,
+            primary="maxF",
+            higher_is_better=True,
+            loss_fn=binary_loss,
+            metric_factory=max_f,
+        )
+    if name == "normals":
+        return Task(
+            name=name,
+            kind="normals",
+            out_channels=3,
+            dense=True,
+            primary="mean_angle",
+            higher_is_better=False,
+            loss_fn=normals_loss,
+            metric_factory=NormalsMetric,
+        )
+    if name == "depth":
+        return Task(
+            name=name,
+            kind="depth",
+            out_channels=1,
+            dense=True,
+            primary="rmse",
+            higher_is_better=False,
+            loss_fn=depth_loss,
+            metric_factory=DepthMetric,
+        )
+    if name == "edges":
+        ods_f = partial(ThresholdMetric, 1.0, "odsF")
+        return Task(
+            name=name,
+            kind="edges",
+            out_channels=1,
+            dense=True,
+            primary="odsF",
+            higher_is_better=True,
+            loss_fn=balanced_binary_loss,
+            metric_factory=ods_f,
+        )
+    if name == "answer":
+        a = sum(n for _, n in mixture_layout(mixture_tasks, config).values())
+        per_task = partial(AccuracyMetric, list(mixture_tasks))
+        return Task(
+            name=name,
+            kind="mixture",
+            out_channels=a,
+            dense=False,
+            primary="acc",
+            higher_is_better=True,
+            loss_fn=_answer_loss,
+            metric_factory=per_task,
+        )
+    c = len(class_names(config, name))
+    return Task(
+        name=name,
+        kind="classification",
+        out_channels=c,
+        dense=False,
+        primary="acc",
+        higher_is_better=True,
+        loss_fn=F.cross_entropy,
+        metric_factory=AccuracyMetric,
+    )
+
+
+def build_tasks(
+    names: Sequence[str],
+    config: SceneConfig = DOWNSTREAM,
+    mixture_tasks: Sequence[str] = MIXTURE_TASKS,
+) -> dict[str, Task]:
+    """The tasks ``names`` for scenes drawn with ``config``, keyed by name, in the given order.
+
+    ``mixture_tasks`` sets the union answer space of the "answer" task (see ``mixture_layout``).
+    """
+    unknown = [n for n in names if n not in TASK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
+    return {name: _make_task(name, config, mixture_tasks) for name in names}

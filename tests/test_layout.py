@@ -1,0 +1,89 @@
+"""The package's three rooms: imports point one way (course -> multitask -> adapters), the
+top-level API holds library names only, and the installed package carries its checkpoint."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import mtlora_lite
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mtlora_lite"
+ROOMS = ("adapters", "multitask", "course")
+FORBIDDEN = {"adapters": {"multitask", "course"}, "multitask": {"course"}, "course": set()}
+
+
+def _imported_rooms(path: Path) -> set[str]:
+    """The rooms (``mtlora_lite.<room>``) a module imports, at any depth of its code."""
+    rooms = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "mtlora_lite" and len(parts) > 1 and parts[1] in ROOMS:
+                rooms.add(parts[1])
+    return rooms
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_imports_point_one_way(room: str) -> None:
+    modules = sorted((PACKAGE / room).glob("*.py"))
+    assert modules, f"mtlora_lite/{room}/ has no modules"
+    broken = {
+        str(m.relative_to(ROOT)): sorted(_imported_rooms(m) & FORBIDDEN[room]) for m in modules
+    }
+    assert not {m: r for m, r in broken.items() if r}, (
+        f"mtlora_lite/{room} may not import {sorted(FORBIDDEN[room])}"
+    )
+
+
+def test_no_modules_outside_the_rooms() -> None:
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"every module lives in one of {ROOMS}, found {loose} at the top"
+    assert _imported_rooms(PACKAGE / "__init__.py") <= {"adapters", "multitask"}
+
+
+def test_top_level_api_is_the_library_only() -> None:
+    homes = {name: getattr(mtlora_lite, name).__module__ for name in mtlora_lite.__all__}
+    outside = {n: m for n, m in homes.items() if m.split(".")[1] not in ("adapters", "multitask")}
+    assert not outside, f"course names belong under mtlora_lite.course: {outside}"
+    assert 25 <= len(mtlora_lite.__all__) <= 45
+
+
+def test_wheel_carries_the_course_checkpoint(tmp_path: Path) -> None:
+    """A non-editable install finds the checkpoint: the wheel holds it as package data, and the
+    package loads it from an unpacked copy outside the repository."""
+    pytest.importorskip("setuptools")
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*build, "-w", str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("mtlora_lite-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert {
+            "mtlora_lite/course/data/course_swin.safetensors",
+            "mtlora_lite/course/data/course_swin.json",
+        } <= names
+        zf.extractall(tmp_path / "site")
+    code = (
+        "import mtlora_lite.course.backbones as b; b.load_backbone('course'); print(b.data_dir())"
+    )
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.stdout.strip().startswith(str(tmp_path / "site"))
