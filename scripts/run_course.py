@@ -17,6 +17,8 @@ from pathlib import Path
 
 import papermill as pm
 
+from mtlora_lite import resolve_device
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,6 +74,10 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--only", nargs="*", default=[], help="notebook prefixes, e.g. 01 03")
     args = parser.parse_args()
+    try:
+        resolve_device(args.device)  # fail here, not in a 75-line traceback of the first notebook
+    except ValueError as err:
+        parser.error(str(err))
     return run(args.profile, args.device, args.only)
 
 

@@ -222,3 +222,12 @@ def test_loader_errors_are_clear() -> None:
         fit(TwoHeads(), TASKS, (b for b in train), progress=False)
     with pytest.raises(ValueError, match="no batches"):
         fit(TwoHeads(), TASKS, [], max_steps=2, progress=False)
+
+
+def test_resolve_device_checks_what_exists_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"no CUDA GPU here.*device='auto' or 'cpu'"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "mps")

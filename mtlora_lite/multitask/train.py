@@ -126,9 +126,29 @@ class History:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available, then mps, then cpu; anything else -> ``torch.device(device)``."""
+    """``"auto"`` -> cuda if available, then mps, then cpu; anything else -> ``torch.device(device)``
+    after checking that it exists here (``ValueError`` with the fix otherwise)."""
     if str(device) != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(
+                f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+            ) from err
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} was asked for, but torch sees no CUDA GPU here (torch "
+                f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or "
+                "'cpu', or install a CUDA build of torch on a machine with a GPU."
+            )
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here, indices "
+                f"0..{torch.cuda.device_count() - 1}"
+            )
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r}: MPS is not available here; use 'auto' or 'cpu'")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
