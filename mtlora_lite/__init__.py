@@ -12,7 +12,7 @@ This module exports the library (the first two rooms) only, grouped by purpose.
 """
 
 # ruff: noqa: I001 (the imports are grouped by purpose, not sorted)
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 # LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect
 from mtlora_lite.adapters.lora import (
@@ -51,7 +51,10 @@ from mtlora_lite.multitask.train import fit
 from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
 
-__version__ = version("mtlora-lite")
+try:
+    __version__ = version("mtlora-lite")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed (PYTHONPATH=.)
+    __version__ = "0+source"
 
 __all__ = [  # noqa: RUF022 (grouped as the imports above)
     # LoRA
