@@ -14,7 +14,8 @@ This module exports the library (the first two rooms) only, grouped by purpose.
 # ruff: noqa: I001 (the imports are grouped by purpose, not sorted)
 from importlib.metadata import version
 
-# LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect
+# LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect;
+# LoRA on some blocks of a fused Linear (q and v of timm's attn.qkv)
 from mtlora_lite.adapters.lora import (
     AdapterLayer,
     LoRALinear,
@@ -26,6 +27,7 @@ from mtlora_lite.adapters.lora import (
     merge_adapters,
     unmerge_adapters,
 )
+from mtlora_lite.adapters.blocks import BlockLoRALinear, inject_qkv_lora
 
 # Multi-head LoRA (HydraLoRA) and R-LoRA
 from mtlora_lite.adapters.multihead import (
@@ -62,10 +64,12 @@ __version__ = version("mtlora-lite")
 __all__ = [  # noqa: RUF022 (grouped as the imports above)
     # LoRA
     "AdapterLayer",
+    "BlockLoRALinear",
     "LoRALinear",
     "adapter_layers",
     "inject_adapters",
     "inject_lora",
+    "inject_qkv_lora",
     "linear_names",
     "mark_only_adapters_trainable",
     "merge_adapters",
