@@ -41,8 +41,9 @@ from mtlora_lite.adapters.multihead import (
 from mtlora_lite.adapters.mtlora import MTLoRAConfig, MTLoRALinear
 from mtlora_lite.adapters.swin import SwinTaskEncoder, inject_mtlora, mark_mtlora_trainable
 
-# Adapter files, parameter counts, multi-head diagnostics
+# Adapter files (ours, and Hugging Face PEFT's LoRA format), parameter counts, multi-head diagnostics
 from mtlora_lite.adapters.saving import load_adapters, save_adapters
+from mtlora_lite.adapters.peft import export_peft, import_peft
 from mtlora_lite.adapters.breakdown import Breakdown, count_parameters, trainable_breakdown
 from mtlora_lite.adapters.heads import head_similarity, router_statistics
 
@@ -88,7 +89,9 @@ __all__ = [  # noqa: RUF022 (grouped as the imports above)
     # files, counts, diagnostics
     "Breakdown",
     "count_parameters",
+    "export_peft",
     "head_similarity",
+    "import_peft",
     "load_adapters",
     "router_statistics",
     "save_adapters",
