@@ -47,7 +47,7 @@ from mtlora_lite.adapters.peft import export_peft, import_peft
 from mtlora_lite.adapters.breakdown import Breakdown, count_parameters, trainable_breakdown
 from mtlora_lite.adapters.heads import head_similarity, router_statistics
 
-# Multi-task models, tasks and training
+# Multi-task models, tasks and training (and its TensorBoard logs; tensorboard is optional)
 from mtlora_lite.multitask.models import MultiTaskNet, build_model, paper_breakdown
 from mtlora_lite.multitask.tasks import Task, delta_m, primary_metrics, relative_changes
 from mtlora_lite.multitask.train import (
@@ -59,6 +59,7 @@ from mtlora_lite.multitask.train import (
     resolve_device,
     seed_everything,
 )
+from mtlora_lite.multitask.tensorboard import TensorBoardLogger
 
 __version__ = version("mtlora-lite")
 
@@ -111,4 +112,5 @@ __all__ = [  # noqa: RUF022 (grouped as the imports above)
     "relative_changes",
     "resolve_device",
     "seed_everything",
+    "TensorBoardLogger",
 ]
