@@ -240,7 +240,7 @@ def import_peft(model: nn.Module, folder: str | Path, *, trainable: bool = True)
     saved = {k[len(PREFIX) :]: v for k, v in saved.items()}
     targets = config["target_modules"]
     targets = re.compile(targets) if isinstance(targets, str) else list(targets)
-    rank = config["r"]
+    rank = config.get("r", 8)  # PEFT's default, as for lora_alpha below
     expected: dict[str, tuple[int, ...]] = {}  # file name -> shape, of every tensor to load
     for name, module in model.named_modules():
         if name and name_matches(name, targets) and isinstance(module, nn.Linear):
