@@ -291,6 +291,8 @@ def test_save_load_round_trip(tmp_path) -> None:
             assert torch.equal(fa, fb)
     with pytest.raises(ValueError, match="configs differ"):
         load_adapters(mtlora_swin(task_rank=3), path)
+    with pytest.raises(ValueError, match="trained on another base model"):
+        load_adapters(mtlora_swin(seed=1), path)  # e.g. a randomly initialised backbone
 
 
 def test_non_square_inputs() -> None:
