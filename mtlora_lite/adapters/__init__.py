@@ -3,6 +3,7 @@
 ``lora`` (LoRA layer, injection by name, freezing, merging) and ``functional`` (its fused autograd
 and dropout masks); ``multihead`` (HydraLoRA / R-LoRA); ``mtlora`` (MTLoRA's config and TA / TS
 layers) and ``swin`` (MTLoRA on a timm Swin: injection, task streams, ``SwinTaskEncoder``);
-``saving`` (adapter-only safetensors); ``breakdown`` (exact parameter counts); ``heads``
-(multi-head diagnostics). Nothing here imports ``mtlora_lite.multitask`` or ``mtlora_lite.course``.
+``saving`` (adapter-only safetensors, checksummed); ``breakdown`` (exact parameter counts);
+``heads`` (multi-head diagnostics); ``checks`` (numeric options at the API boundary) and ``atomic``
+(files that are never half written). Nothing here imports ``mtlora_lite.multitask`` or ``mtlora_lite.course``.
 """
