@@ -116,7 +116,10 @@ def test_an_unreadable_cache_entry_is_named_retrained_and_overwritten(
     path = _entry(tmp_path)
     for damage in (path.read_text()[:100], '{"name": "decoders-semseg"}', "[1, 2]"):
         path.write_text(damage)  # cut short by a kill, or fields missing, or not a record
-        with pytest.warns(UserWarning, match=rf"unreadable cache entry .*{path.name}.*again"):
+        with pytest.warns(
+            UserWarning,
+            match=rf"{path.name} is not a .*run record.*ignoring this cache entry, training the run again",
+        ):
             again = _smoke_dense("decoders", tmp_path)
         assert not again.cached
         assert _smoke_dense("decoders", tmp_path).cached  # the new result replaced it

@@ -162,8 +162,8 @@ def _cached_run(
             return read_record(path)
         except (OSError, ValueError) as err:
             warnings.warn(
-                f"ignoring the unreadable cache entry {path} ({err}); training the run again, "
-                "the new result will replace it",
+                f"{err}: ignoring this cache entry, training the run again (the new result "
+                "will replace it)",
                 stacklevel=3,
             )
     check_writable(path.parent, CACHE_FIX)  # before training, not after

@@ -178,7 +178,7 @@ def load_results(folder: str | Path = "outputs/cache") -> list[RunResult]:
         try:
             runs.append(read_record(path))
         except (OSError, ValueError) as err:
-            bad.append(f"{path.name} ({err})")
+            bad.append(str(err))
     if bad:
         warnings.warn(
             f"skipped {len(bad)} unreadable file(s) in {folder}: {'; '.join(bad)}. Delete them, "
