@@ -195,3 +195,14 @@ def test_lr_method_tasks_and_seed_are_checked_before_training(fake_fit: FakeFit)
     assert len(fake_fit.calls) == 2
     _smoke_dense("decoders", None, seed=np.int64(1))  # any integer type
     assert fake_fit.calls[-1]["seed"] == 1
+
+
+def test_options_of_any_number_type_are_cached_like_plain_ones(
+    tmp_path: Path, fake_fit: FakeFit
+) -> None:
+    first = _smoke_dense("shared_lora", tmp_path, shared_rank=np.int64(2), dropout=np.float32(0.5))
+    assert first.options == {"shared_rank": 2, "dropout": 0.5}  # JSON: the run was recorded
+    assert _smoke_dense("shared_lora", tmp_path, shared_rank=2, dropout=0.5).cached  # same key
+    with pytest.raises(TypeError, match=r"must be JSON values.*cache_dir=None"):
+        _smoke_dense("shared_lora", tmp_path, shared_rank=2, task_rank=object())
+    assert len(fake_fit.calls) == 1  # refused before training, not after

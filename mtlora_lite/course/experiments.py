@@ -27,8 +27,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -146,6 +147,22 @@ def _key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with integer and real scalars of any type (e.g. ``np.int64``) as Python numbers,
+    so that options are JSON (the cache key and the record) and equal options give equal keys."""
+    if isinstance(value, bool | str) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 CACHE_FIX = "pass cache_dir=None to train without the cache, or cache_dir=<a writable folder>"
 
 
@@ -156,6 +173,13 @@ def _cached_run(
     what the cache guarantees)."""
     if not cache_dir:
         return train()
+    try:
+        json.dumps(spec)  # what write_record will do after training
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"a run's options must be JSON values (numbers, strings, lists, dicts) to be cached: "
+            f"{err}; pass them as such, or cache_dir=None to train without the cache"
+        ) from err
     path = Path(cache_dir) / f"{spec['name']}-{_key(spec)}.json"
     if path.exists():
         try:
@@ -228,7 +252,7 @@ def _train(
 
 def run_dense(
     method: str,
-    tasks: Sequence[str] = DENSE_TASKS,
+    tasks: str | Sequence[str] = DENSE_TASKS,
     *,
     profile: str = "course",
     seed: int = 0,
@@ -252,6 +276,7 @@ def run_dense(
     build_tasks(tasks)  # unknown, duplicate or no tasks: refused before anything trains
     rec = recipe("dense", profile)
     seed, lr = _check_run(seed, lr, rec, method)
+    options = _plain(options)
     name = name or f"{method}-{'+'.join(tasks)}"
     spec = _spec("dense", name, seed, rec, lr, options, device, method=method, tasks=list(tasks))
 
@@ -308,11 +333,11 @@ def run_mixture(
     rec = recipe("mixture", profile)
     seed, lr = _check_run(seed, lr, rec, adapter)
     heads = dict(n_heads=n_heads, init=init, dropout_mode=dropout_mode, router=router)
-    options: dict[str, Any] = dict(
-        rank=rank, dropout=dropout, **(heads if adapter == "multihead" else {})
+    options: dict[str, Any] = _plain(
+        dict(rank=rank, dropout=dropout, **(heads if adapter == "multihead" else {}))
     )
     if adapter == "lora":
-        options["rank"] = n_heads * rank
+        options["rank"] = _plain(n_heads * rank)
     name = name or adapter
     spec = _spec(
         "mixture",
@@ -323,7 +348,7 @@ def run_mixture(
         options,
         device,
         adapter=adapter,
-        similarity_every=similarity_every,
+        similarity_every=_plain(similarity_every),
     )
 
     def train() -> RunResult:
