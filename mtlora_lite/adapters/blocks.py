@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.checks import check_count, check_dropout
 from mtlora_lite.adapters.functional import dropout_mask, fused_lora_linear
 from mtlora_lite.adapters.lora import (
     AdapterLayer,
@@ -45,13 +46,6 @@ def _check_blocks(blocks: Sequence[str], block_names: Sequence[str]) -> tuple[st
             f"blocks must be distinct names out of {tuple(block_names)}, got {tuple(blocks)}"
         )
     return tuple(b for b in block_names if b in blocks)
-
-
-def _check_hparams(rank: int, dropout: float) -> None:
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
 
 class BlockLoRALinear(AdapterLayer):
@@ -81,7 +75,7 @@ class BlockLoRALinear(AdapterLayer):
         block_names: Sequence[str] = QKV,
     ) -> None:
         super().__init__(base_layer)
-        _check_hparams(rank, dropout)
+        rank, dropout = check_count(rank, "rank"), check_dropout(dropout)
         self.block_names = tuple(block_names)
         self.blocks = _check_blocks(blocks, self.block_names)
         if self.out_features % len(self.block_names):
@@ -91,8 +85,8 @@ class BlockLoRALinear(AdapterLayer):
             )
         self.block_size = self.out_features // len(self.block_names)  # d
         self.rank, self.dropout, self.rslora = rank, dropout, rslora
+        self.scaling = lora_scaling(rank, alpha, rslora)  # checks alpha
         self.alpha = float(rank if alpha is None else alpha)
-        self.scaling = lora_scaling(rank, self.alpha, rslora)
         w = base_layer.weight
         self.lora_A = nn.Parameter(
             torch.empty(rank, self.in_features, device=w.device, dtype=w.dtype)
@@ -162,7 +156,8 @@ def inject_qkv_lora(
     the LoRA paper. Returns the adapted module paths. Everything is checked before any layer is
     replaced, so a bad argument never leaves a half-injected model.
     """
-    _check_hparams(rank, dropout)
+    check_count(rank, "rank")
+    check_dropout(dropout)
     _check_blocks(blocks, QKV)
     for name, module in model.named_modules():
         if name and name_matches(name, targets) and isinstance(module, nn.Linear):

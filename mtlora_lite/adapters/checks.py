@@ -4,6 +4,7 @@ raises ``ValueError`` saying what was wrong and what to pass instead.
     rank = check_count(rank, "rank")             # 4, np.int64(4) -> 4; 4.0, True, 0 -> ValueError
     alpha = check_positive(alpha, "alpha")       # finite and > 0; nan, inf, 0, -1 -> ValueError
     p = check_dropout(p)                         # a real number in [0, 1)
+    w = check_number(w, "warmup", 0.0, 1.0)      # a finite real number in [low, high]
 
 Integral types (Python and NumPy integers) count as integers, ``bool`` does not, and a float such
 as ``4.0`` is refused rather than truncated.
@@ -47,3 +48,21 @@ def check_dropout(p: object, name: str = "dropout") -> float:
             "use 0.0 for no dropout"
         )
     return float(p)
+
+
+def check_number(
+    value: object,
+    name: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+) -> float:
+    """``value`` as a ``float`` if it is a finite real number in [low, high] ((low, high] with
+    ``open_low``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (open_low and value == low) or value > high:
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)

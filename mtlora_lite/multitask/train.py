@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mtlora_lite.adapters.checks import check_count, check_number
 from mtlora_lite.adapters.lora import AdapterLayer, Targets, name_matches
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -114,24 +114,6 @@ def _weighted_loss(
     return loss, total, values
 
 
-def _check_number(
-    name: str, value: Any, low: float, high: float = math.inf, *, low_ok: bool = True
-) -> float:
-    """``value`` as a float if it is a finite real number in [low, high] (or (low, high])."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if value < low or (value == low and not low_ok) or value > high:
-        interval = f"{'[' if low_ok else '('}{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return float(value)
-
-
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _steps_per_pass(loader: Iterable) -> int:
     """len(loader), or a ``ValueError`` saying why a loader would give no batches."""
     if not hasattr(loader, "__len__"):
@@ -216,15 +198,15 @@ def fit(
             f"loss_weights has unknown tasks {sorted(unknown)}; tasks are {list(tasks)}."
         )
     weights = {
-        n: _check_number(f"loss_weights[{n!r}]", (loss_weights or {}).get(n, 1.0), 0.0)
+        n: check_number((loss_weights or {}).get(n, 1.0), f"loss_weights[{n!r}]", 0.0)
         for n in tasks
     }
-    lr = _check_number("lr", lr, 0.0, low_ok=False)
-    min_lr = _check_number("min_lr", min_lr, 0.0, 1.0)
-    weight_decay = _check_number("weight_decay", weight_decay, 0.0)
-    warmup = _check_number("warmup", warmup, 0.0, 1.0)
+    lr = check_number(lr, "lr", 0.0, open_low=True)
+    min_lr = check_number(min_lr, "min_lr", 0.0, 1.0)
+    weight_decay = check_number(weight_decay, "weight_decay", 0.0)
+    warmup = check_number(warmup, "warmup", 0.0, 1.0)
     if grad_clip is not None:
-        grad_clip = _check_number("grad_clip", grad_clip, 0.0, low_ok=False)
+        grad_clip = check_number(grad_clip, "grad_clip", 0.0, open_low=True)
     merged = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer) and m.merged]
     if merged:
         raise RuntimeError(
@@ -232,10 +214,10 @@ def fit(
             "they would get no gradient: call unmerge_adapters(model) before fit"
         )
     if max_steps is None:  # fail before any setup
-        _check_count("epochs", epochs)
+        check_count(epochs, "epochs")
         _steps_per_pass(train_loader)
     else:
-        _check_count("max_steps", max_steps)
+        check_count(max_steps, "max_steps")
 
     dev = resolve_device(device)
     ctx = distributed.launch(dev)
