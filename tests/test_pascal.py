@@ -86,7 +86,7 @@ def test_missing_parts_of_the_archive_name_themselves_and_the_download(
     with pytest.raises(MissingDataError, match="JPEGImages") as err:
         PascalContext(tmp_path / "nowhere")
     assert DOWNLOAD_URL in str(err.value)
-    with pytest.raises(MissingDataError, match="test.txt"):
+    with pytest.raises(MissingDataError, match=r"test\.txt"):
         PascalContext(root, "test")
     broken = shutil.copytree(root, tmp_path / "broken")
     shutil.rmtree(broken / "sal_distill")
