@@ -47,15 +47,9 @@ from mtlora_lite.adapters.heads import head_similarity, router_statistics
 # Multi-task models, tasks and training
 from mtlora_lite.multitask.models import MultiTaskNet, build_model, paper_breakdown
 from mtlora_lite.multitask.tasks import Task, delta_m, primary_metrics, relative_changes
-from mtlora_lite.multitask.train import (
-    Callback,
-    HeadSimilarityRecorder,
-    History,
-    evaluate,
-    fit,
-    resolve_device,
-    seed_everything,
-)
+from mtlora_lite.multitask.train import fit
+from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
+from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
 
 __version__ = version("mtlora-lite")
 

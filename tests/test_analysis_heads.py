@@ -19,7 +19,8 @@ from mtlora_lite.course.plots import (
     plot_per_task_accuracy,
     split_layer_name,
 )
-from mtlora_lite.multitask.train import HeadSimilarityRecorder, fit
+from mtlora_lite.multitask.history import HeadSimilarityRecorder
+from mtlora_lite.multitask.train import fit
 
 
 def layer(

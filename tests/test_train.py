@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mtlora_lite.multitask.train import Callback, History, evaluate, fit, lr_factor, resolve_device
+from mtlora_lite.multitask.evaluation import evaluate, resolve_device
+from mtlora_lite.multitask.history import Callback, History
+from mtlora_lite.multitask.train import fit, lr_factor
 
 
 class Accuracy:
@@ -231,3 +234,132 @@ def test_resolve_device_checks_what_exists_up_front(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         resolve_device("gpu")
     assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "mps")
+
+
+def test_fit_refuses_to_run_zero_steps_and_says_why() -> None:
+    small = Scenes(8, 0)
+    with pytest.raises(ValueError, match=r"8 examples make no full batch of 16 with drop_last"):
+        fit(TwoHeads(), TASKS, DataLoader(small, batch_size=16, drop_last=True), progress=False)
+    with pytest.raises(ValueError, match="dataset is empty"):
+        fit(TwoHeads(), TASKS, DataLoader(Scenes(0, 0), batch_size=4), progress=False)
+    train, _ = loaders()
+    for kwargs in ({"epochs": 0}, {"max_steps": 0}, {"epochs": 1.5}):
+        with pytest.raises(ValueError, match="positive integer"):
+            fit(TwoHeads(), TASKS, train, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("lr", 0.0, r"lr must be in \(0"),
+        ("lr", float("nan"), "lr must be a finite number"),
+        ("min_lr", 1.5, r"min_lr must be in \[0, 1\]"),
+        ("warmup", -0.1, "warmup must be in"),
+        ("grad_clip", 0.0, "grad_clip must be in"),
+        ("seed", 2**40, r"seed must be an integer in \[0, 2\*\*32\)"),
+        ("seed", -1, "seed must be an integer"),
+    ],
+)
+def test_fit_checks_its_numbers(option: str, value: float, message: str) -> None:
+    train, _ = loaders()
+    with pytest.raises(ValueError, match=message):
+        fit(TwoHeads(), TASKS, train, max_steps=1, progress=False, **{option: value})
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        fit(TwoHeads(), {}, train, max_steps=1, progress=False)
+
+
+def test_same_seed_on_the_same_loader_object_gives_the_same_run() -> None:
+    train, _ = loaders()  # one loader with its own generator, used twice
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        runs.append(fit(TwoHeads(), TASKS, train, epochs=2, seed=3, progress=False).curve()[1])
+    assert runs[0] == runs[1]
+
+
+def test_fit_refuses_merged_adapters() -> None:
+    from mtlora_lite.adapters.lora import inject_lora, merge_adapters
+
+    model = TwoHeads()
+    inject_lora(model, "cls", rank=2)
+    merge_adapters(model)
+    train, _ = loaders()
+    with pytest.raises(RuntimeError, match=r"merged .*unmerge_adapters\(model\) before fit"):
+        fit(model, TASKS, train, max_steps=1, progress=False)
+
+
+class StopAt(Callback):
+    """Raises ``error`` after optimizer step ``step`` (a stand-in for Ctrl-C or a crash)."""
+
+    def __init__(self, step: int, error: BaseException) -> None:
+        self.step, self.error = step, error
+
+    def on_step_end(self, step: int, model: nn.Module, logs: dict) -> None:
+        if step == self.step:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("disk gone")])
+def test_an_interrupted_fit_keeps_its_history_and_the_model_mode(error: BaseException) -> None:
+    model, (train, val) = TwoHeads().eval(), loaders()
+    with pytest.raises(type(error)) as info:
+        fit(model, TASKS, train, val, epochs=3, callbacks=[StopAt(11, error)], progress=False)
+    history = info.value.history
+    assert len(history.steps) == 11 and len(history.evals) == 1  # one pass of 8 steps was done
+    assert not model.training  # eval mode, as before fit
+
+
+def test_nan_loss_carries_the_history_so_far() -> None:
+    class LateNaN(TwoHeads):
+        calls = 0
+
+        def forward(self, x: Tensor) -> dict[str, Tensor]:
+            out = super().forward(x)
+            self.calls += 1
+            return {**out, "dense": out["dense"] * (float("nan") if self.calls > 3 else 1.0)}
+
+    train, _ = loaders()
+    with pytest.raises(FloatingPointError, match="step 4") as info:
+        fit(LateNaN(), TASKS, train, max_steps=6, progress=False)
+    assert [r["step"] for r in info.value.history.steps] == [1, 2, 3]
+
+
+def test_min_lr_and_no_weight_decay() -> None:
+    train, _ = loaders()
+    hist = fit(
+        TwoHeads(), TASKS, train, max_steps=10, lr=1.0, min_lr=0.1, warmup=0.0, progress=False
+    )
+    lrs = hist.curve("lr")[1]
+    assert lrs[0] == pytest.approx(1.0) and lrs[-1] == pytest.approx(
+        0.1 + 0.9 * lr_factor(9, 10, 0)
+    )
+    assert lr_factor(10, 10, 0, min_lr=0.01) == pytest.approx(0.01)
+    from mtlora_lite.multitask.train import _optimizer
+
+    model = TwoHeads()
+    groups = _optimizer(model, 1e-3, 0.05, ["cls.weight"]).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model.trunk.weight), id(model.dense.weight)}  # not cls.weight, no biases
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
+    def run(checkpoint_dir: Path | None, callbacks: list[Callback]) -> tuple[History, TwoHeads]:
+        torch.manual_seed(0)
+        model, (train, val) = TwoHeads(), loaders()
+        kwargs = dict(epochs=3, lr=3e-2, seed=5, progress=False, checkpoint_dir=checkpoint_dir)
+        return fit(model, TASKS, train, val, callbacks=callbacks, **kwargs), model
+
+    whole, reference = run(None, [])
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, [StopAt(13, KeyboardInterrupt())])  # in pass 2: pass 1 is checkpointed
+    assert (tmp_path / "checkpoint.safetensors").is_file()
+    resumed, model = run(tmp_path, [])
+    assert [r["step"] for r in resumed.steps] == list(range(1, 25)) and len(resumed.evals) == 3
+    assert resumed.curve()[1] == pytest.approx(whole.curve()[1])
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    with pytest.raises(ValueError, match="run of 24 steps, this one has 8"):
+        fit(TwoHeads(), TASKS, loaders()[0], progress=False, checkpoint_dir=tmp_path)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        fit(TwoHeads(), TASKS, loaders()[0], progress=False, checkpoint_dir=tmp_path)

@@ -35,14 +35,10 @@ from mtlora_lite.course.backbones import load_backbone, load_course_card
 from mtlora_lite.course.data import make_loaders, make_mixture_loaders
 from mtlora_lite.course.records import RunResult, read_record, run_record, write_record
 from mtlora_lite.course.scene_tasks import build_tasks
+from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
+from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.train import (
-    Callback,
-    HeadSimilarityRecorder,
-    fit,
-    resolve_device,
-    seed_everything,
-)
+from mtlora_lite.multitask.train import fit
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature
 DECODER_CHANNELS = (8, 16, 32, 64)  # 1x1 projection widths for the course Swin's four stages

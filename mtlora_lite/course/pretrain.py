@@ -38,8 +38,9 @@ from mtlora_lite.course.data import SceneDataset, make_loaders, normalize
 from mtlora_lite.course.scene_tasks import build_tasks
 from mtlora_lite.course.scenes import DOWNSTREAM, PRETRAIN, SceneConfig, generate_scenes
 from mtlora_lite.multitask.backbones import feature_channels
+from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
 from mtlora_lite.multitask.tasks import Task, primary_metrics
-from mtlora_lite.multitask.train import fit, resolve_device, seed_everything
+from mtlora_lite.multitask.train import fit
 
 
 @dataclasses.dataclass

@@ -21,8 +21,8 @@ from typing import Any
 from torch import nn
 
 from mtlora_lite.adapters.breakdown import trainable_breakdown
+from mtlora_lite.multitask.history import History
 from mtlora_lite.multitask.tasks import Task, primary_metrics
-from mtlora_lite.multitask.train import History
 
 
 @dataclass

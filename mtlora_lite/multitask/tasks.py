@@ -35,11 +35,14 @@ ANGLE_BIN = 0.1  # degrees per histogram bin for the median angular error
 
 
 class Metric(Protocol):
-    """A streaming metric: ``update`` once per batch, ``compute`` at the end."""
+    """A streaming metric: ``update`` once per batch, ``compute`` at the end; ``merge`` adds
+    another instance's counts (evaluation under torchrun merges the ranks' metrics with it)."""
 
     def update(self, pred: Tensor, target: Tensor) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
+
+    def merge(self, other: Metric) -> None: ...
 
 
 def _empty(metric: object) -> RuntimeError:
@@ -59,6 +62,9 @@ class ConfusionMetric:
         keep = (target >= 0) & (target < c)  # other labels (e.g. 255) are ignored
         index = target[keep] * c + pred.argmax(1)[keep]
         self.matrix += torch.bincount(index, minlength=c * c).view(c, c).cpu()
+
+    def merge(self, other: ConfusionMetric) -> None:
+        self.matrix += other.matrix
 
     def compute(self) -> dict[str, float]:
         if self.matrix.sum() == 0:
@@ -89,6 +95,10 @@ class AccuracyMetric:
         self.correct += torch.bincount(group[hit], minlength=len(self.correct)).cpu()
         self.total += torch.bincount(group, minlength=len(self.total)).cpu()
 
+    def merge(self, other: AccuracyMetric) -> None:
+        self.correct += other.correct
+        self.total += other.total
+
     def compute(self) -> dict[str, float]:
         if self.total.sum() == 0:
             raise _empty(self)
@@ -114,6 +124,9 @@ class ThresholdMetric:
         self.hist += (
             torch.bincount(index.flatten(), minlength=self.hist.numel()).view_as(self.hist).cpu()
         )
+
+    def merge(self, other: ThresholdMetric) -> None:
+        self.hist += other.hist
 
     def compute(self) -> dict[str, float]:
         if self.hist.sum() == 0:
@@ -146,6 +159,11 @@ class NormalsMetric:
         bins = (angle / ANGLE_BIN).long().clamp(max=len(self.hist) - 1)
         self.hist += torch.bincount(bins, minlength=len(self.hist)).cpu()
 
+    def merge(self, other: NormalsMetric) -> None:
+        self.hist += other.hist
+        self.sum += other.sum
+        self.sum_sq += other.sum_sq
+
     def compute(self) -> dict[str, float]:
         n = self.hist.sum().item()
         if n == 0:
@@ -172,6 +190,11 @@ class DepthMetric:
         self.sum_abs += err.abs().sum().item()
         self.sum_sq += err.square().sum().item()
         self.count += int(valid.sum())
+
+    def merge(self, other: DepthMetric) -> None:
+        self.sum_abs += other.sum_abs
+        self.sum_sq += other.sum_sq
+        self.count += other.count
 
     def compute(self) -> dict[str, float]:
         if self.count == 0:

@@ -2,27 +2,44 @@
 
 The model maps images (B, 3, H, W) to ``dict[task -> prediction]``; the loader yields
 ``(images, targets)`` with ``targets`` a ``dict[task -> Tensor]``; each ``Task`` gives the loss and a
-streaming metric. The trainer records a ``History`` and never draws.
+streaming metric. The trainer records a ``History`` (``multitask.history``) and never draws.
+
+The same call trains in one process or, started by ``torchrun``, in N (``multitask.distributed``):
+
+    torchrun --nproc_per_node 4 train.py      # train.py calls fit(...) as usual
+
+Without gradient accumulation, the effective batch is the loader's batch size times N, and ``lr``
+is used as given: to follow a linear scaling rule such as the MTLoRA paper's (5e-4 x batch / 512),
+pass ``lr = 5e-4 * batch_size * N / 512``. Under torchrun, fit prints the effective batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
+import numbers
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mtlora_lite.adapters.heads import HEAD_MODES, head_similarity, nanmean
-
-Metrics = dict[str, dict[str, float]]  # task -> metric name -> value
+from mtlora_lite.adapters.lora import AdapterLayer, Targets, name_matches
+from mtlora_lite.multitask import distributed
+from mtlora_lite.multitask.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mtlora_lite.multitask.evaluation import (
+    autocast,
+    batch_to,
+    evaluate_launched,
+    predict,
+    resolve_device,
+    seed_everything,
+)
+from mtlora_lite.multitask.history import Callback, History
 
 
 class TrainTask(Protocol):
@@ -35,207 +52,39 @@ class TrainTask(Protocol):
     def new_metric(self) -> Any: ...
 
 
-class Callback:
-    """Hooks called by ``fit``; subclass and override what you need (all are no-ops here)."""
-
-    def on_fit_start(self, model: nn.Module) -> None:
-        """Before the first step."""
-
-    def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
-        """After optimizer step ``step`` (1-based); ``logs`` is that step's record in the History."""
-
-    def on_eval_end(self, epoch: int, model: nn.Module, metrics: Metrics) -> None:
-        """After validating at the end of epoch ``epoch`` (1-based)."""
-
-
-class HeadSimilarityRecorder(Callback):
-    """Trainer callback: ``head_similarity(model, mode)`` before training and every ``every`` steps.
-
-    ``steps[k]`` is the optimizer step (0 = before training) of the record ``values[k]`` (layer ->
-    mean head cosine). ``curve()`` gives what to plot; ``to_dict()`` what to save as JSON.
-    """
-
-    def __init__(self, every: int = 10, mode: str = "B") -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        if mode not in HEAD_MODES:
-            raise ValueError(f"mode must be one of {HEAD_MODES}, got {mode!r}")
-        self.every, self.mode = every, mode
-        self.steps: list[int] = []
-        self.values: list[dict[str, float]] = []
-
-    def _record(self, step: int, model: nn.Module) -> None:
-        self.steps.append(step)
-        self.values.append(head_similarity(model, self.mode))
-
-    def on_fit_start(self, model: nn.Module) -> None:
-        self._record(0, model)
-
-    def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
-        if step % self.every == 0:
-            self._record(step, model)
-
-    def curve(self, layer: str | None = None) -> tuple[list[int], list[float]]:
-        """(steps, similarity) of one layer, or averaged over layers (NaNs skipped) by default."""
-        if layer is None:
-            return self.steps, [nanmean(v.values()) for v in self.values]
-        return self.steps, [v[layer] for v in self.values]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "every": self.every, "steps": self.steps, "values": self.values}
-
-
-@dataclass
-class History:
-    """What ``fit`` measured.
-
-    ``steps``: one record per optimizer step, ``{"step", "lr", "loss", "grad_norm", "losses": {task:
-    loss}}``. ``evals``: one record per validation, ``{"epoch", "step", "metrics": {task: {metric:
-    value}}}``. ``images_per_s`` counts training steps only (no validation).
-    """
-
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    images_per_s: float = 0.0
-
-    @property
-    def final(self) -> Metrics:
-        """The last validation metrics (empty if ``fit`` had no ``val_loader``)."""
-        return self.evals[-1]["metrics"] if self.evals else {}
-
-    def curve(self, key: str = "loss") -> tuple[list[int], list[float]]:
-        """(steps, values) of ``"loss"``, ``"lr"``, ``"grad_norm"`` or a task name (its loss)."""
-        if self.steps and key not in self.steps[0] and key not in self.steps[0]["losses"]:
-            raise KeyError(f"No curve {key!r}; use 'loss', 'lr', 'grad_norm' or a task name.")
-        values = [r[key] if key in r else r["losses"][key] for r in self.steps]
-        return [r["step"] for r in self.steps], values
-
-    def metric_curve(self, task: str, metric: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one validation metric over the evaluations."""
-        return [e["step"] for e in self.evals], [e["metrics"][task][metric] for e in self.evals]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy."""
-        return {
-            "steps": self.steps,
-            "evals": self.evals,
-            "wall_time_s": self.wall_time_s,
-            "images_per_s": self.images_per_s,
-        }
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available, then mps, then cpu; anything else -> ``torch.device(device)``
-    after checking that it exists here (``ValueError`` with the fix otherwise)."""
-    if str(device) != "auto":
-        try:
-            dev = torch.device(device)
-        except RuntimeError as err:
-            raise ValueError(
-                f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-            ) from err
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device!r} was asked for, but torch sees no CUDA GPU here (torch "
-                f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or "
-                "'cpu', or install a CUDA build of torch on a machine with a GPU."
-            )
-        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here, indices "
-                f"0..{torch.cuda.device_count() - 1}"
-            )
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {device!r}: MPS is not available here; use 'auto' or 'cpu'")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 (seeds the legacy global RNG that user code may use)
-    torch.manual_seed(seed)
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``amp``; full precision elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _to(batch: Any, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
-    images, targets = batch
-    return images.to(device, non_blocking=True), {
-        k: v.to(device, non_blocking=True) for k, v in targets.items()
-    }
-
-
-def _predict(model: nn.Module, images: Tensor, tasks: Iterable[str]) -> dict[str, Tensor]:
-    preds = model(images)
-    if not isinstance(preds, Mapping):
-        raise TypeError(
-            f"The model returned {type(preds).__name__}; it must return dict[task name -> Tensor]."
-        )
-    missing = [t for t in tasks if t not in preds]
-    if missing:
-        raise KeyError(f"The model gave no prediction for tasks {missing}; it gave {list(preds)}.")
-    return preds
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    tasks: Mapping[str, TrainTask],
-    loader: Iterable,
-    *,
-    device: str | torch.device = "auto",
-    amp: bool = True,
-    progress: bool = False,
-) -> Metrics:
-    """Each task's metrics over ``loader``, model in eval mode (its previous mode is restored)."""
-    dev = resolve_device(device)
-    was_training = model.training
-    model.to(dev).eval()
-    metrics = {name: task.new_metric() for name, task in tasks.items()}
-    try:
-        for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
-            images, targets = _to(batch, dev)
-            with _autocast(dev, amp):
-                preds = _predict(model, images, tasks)
-            for name, metric in metrics.items():
-                metric.update(preds[name].float(), targets[name])
-    finally:
-        model.train(was_training)
-    return {name: metric.compute() for name, metric in metrics.items()}
-
-
-def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; no weight decay on 1-D ones (biases, norms)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def _optimizer(
+    model: nn.Module, lr: float, weight_decay: float, no_weight_decay: Targets
+) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; no weight decay on 1-D ones (biases, norms) nor on those
+    whose names match ``no_weight_decay``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError(
-            "The model has no trainable parameters (requires_grad is False everywhere)."
+            "The model has no trainable parameters (requires_grad is False everywhere): mark "
+            "some trainable, e.g. mark_only_adapters_trainable(model) after inject_lora(...)."
         )
+    no_decay = no_weight_decay if no_weight_decay else []
+    decay = [p.ndim >= 2 and not name_matches(n, no_decay) for n, p in named]
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {
+            "params": [p for (_, p), d in zip(named, decay, strict=True) if d],
+            "weight_decay": weight_decay,
+        },
+        {
+            "params": [p for (_, p), d in zip(named, decay, strict=True) if not d],
+            "weight_decay": 0.0,
+        },
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
-def lr_factor(step: int, total: int, warmup_steps: int) -> float:
-    """Multiplier of the base lr at 0-based ``step``: linear warmup, then cosine decay to 0."""
+def lr_factor(step: int, total: int, warmup_steps: int, min_lr: float = 0.0) -> float:
+    """Multiplier of the base lr at 0-based ``step``: linear warmup, then cosine decay to
+    ``min_lr``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr + (1.0 - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _weighted_loss(
@@ -246,16 +95,67 @@ def _weighted_loss(
     targets: Mapping[str, Tensor],
     amp: bool,
     step: int,
-) -> tuple[Tensor, dict[str, float]]:
-    """``sum_t weights[t] * loss_t`` (scalar) and each task's loss; raises if not finite."""
-    with _autocast(images.device, amp):
-        preds = _predict(model, images, tasks)
+    ctx: distributed.Launch,
+) -> tuple[Tensor, float, dict[str, float]]:
+    """``sum_t weights[t] * loss_t`` (the scalar to back-propagate), its value and each task's loss
+    (means over ranks under torchrun); raises if any is not finite (on every rank alike)."""
+    with autocast(images.device, amp):
+        preds = predict(model, images, tasks)
         losses = {n: t.loss(preds[n].float(), targets[n]) for n, t in tasks.items()}
     loss = sum(weights[n] * losses[n] for n in tasks)
-    values = {n: v.item() for n, v in losses.items()}
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"Non-finite loss at step {step}: {values}.")
-    return loss, values
+    reported = distributed.mean_over_ranks(torch.stack([loss.detach(), *losses.values()]), ctx)
+    total, *each = reported.tolist()
+    values = dict(zip(losses, each, strict=True))
+    if not math.isfinite(total):
+        raise FloatingPointError(
+            f"Non-finite loss at step {step}: {values}. Lower the learning rate, check the inputs "
+            "for NaN / inf, or use grad_clip."
+        )
+    return loss, total, values
+
+
+def _check_number(
+    name: str, value: Any, low: float, high: float = math.inf, *, low_ok: bool = True
+) -> float:
+    """``value`` as a float if it is a finite real number in [low, high] (or (low, high])."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (value == low and not low_ok) or value > high:
+        interval = f"{'[' if low_ok else '('}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _steps_per_pass(loader: Iterable) -> int:
+    """len(loader), or a ``ValueError`` saying why a loader would give no batches."""
+    if not hasattr(loader, "__len__"):
+        raise TypeError("train_loader has no len(): pass max_steps to say how long to train.")
+    n = len(loader)  # type: ignore[arg-type]
+    if n == 0:
+        why = "its dataset is empty"
+        if isinstance(loader, DataLoader) and len(loader.dataset) > 0:  # type: ignore[arg-type]
+            why = (
+                f"its {len(loader.dataset)} examples make no full batch of {loader.batch_size} "  # type: ignore[arg-type]
+                "with drop_last=True: use a smaller batch_size, more data, or drop_last=False"
+            )
+        raise ValueError(f"train_loader yields no batches: {why}.")
+    return n
+
+
+def _reseed(loader: Iterable, seed: int, epoch: int) -> None:
+    """The same shuffle for the same (seed, epoch), whoever used the loader before: a sampler with
+    ``set_epoch`` (DistributedSampler) gets the epoch, a loader's own generator ``seed + epoch``."""
+    sampler = getattr(loader, "sampler", None)
+    if callable(getattr(sampler, "set_epoch", None)):
+        sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    elif isinstance(getattr(loader, "generator", None), torch.Generator):
+        loader.generator.manual_seed(seed + epoch)  # type: ignore[union-attr]
 
 
 def fit(
@@ -267,7 +167,9 @@ def fit(
     epochs: int = 1,
     max_steps: int | None = None,
     lr: float = 1e-3,
+    min_lr: float = 0.0,
     weight_decay: float = 0.05,
+    no_weight_decay: Targets = (),
     warmup: float = 0.05,
     grad_clip: float | None = 1.0,
     loss_weights: Mapping[str, float] | None = None,
@@ -276,53 +178,176 @@ def fit(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    ddp_options: Mapping[str, Any] | None = None,
 ) -> History:
     """Train ``model`` on the weighted sum of task losses, ``sum_t loss_weights[t] * loss_t``.
 
-    Runs ``epochs`` passes over ``train_loader``, or exactly ``max_steps`` steps if given (looping
-    over the loader as needed). ``warmup`` is a fraction of all steps. Validates on ``val_loader``
-    after every pass and after the last step. Raises FloatingPointError on a non-finite loss.
+    Schedule: ``epochs`` passes over ``train_loader``, or exactly ``max_steps`` steps if given
+    (looping over the loader as needed); linear warm-up over the fraction ``warmup`` of all steps,
+    then per-step cosine decay from ``lr`` to ``min_lr * lr``. AdamW with ``weight_decay``,
+    none on 1-D parameters nor on names matching ``no_weight_decay`` (e.g.
+    ``"relative_position_bias_table"``); gradients clipped to norm ``grad_clip``; bf16 autocast
+    on CUDA with ``amp``. Validates on ``val_loader`` after every pass and after the last step.
+
+    Reproducible: ``seed`` seeds everything, and before every pass the loader is reshuffled from
+    ``seed`` and the epoch (``set_epoch`` of its sampler, or its own torch.Generator), so the same
+    seed gives the same run even on a loader used before.
+
+    ``checkpoint_dir``: after every pass, ``checkpoint.safetensors`` there holds what is needed to
+    resume (``multitask.checkpoint``); with ``resume`` (default) a later call with the same
+    arguments continues after the last saved pass and returns the whole History.
+
+    Under torchrun (module docstring): DDP with ``ddp_options`` (``multitask.distributed.wrap``),
+    sharded data, losses and metrics reduced over ranks; progress, callbacks and checkpoints on
+    rank 0 only; the process group torchrun needed is torn down at the end, also on errors.
+
+    Refuses to run zero steps, a model with merged adapters, or bad numbers, saying why. Any
+    exception raised during training (a non-finite loss: FloatingPointError; Ctrl-C:
+    KeyboardInterrupt) carries the History so far as ``err.history``; the model's train / eval
+    mode is restored in every case.
     """
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ValueError(f"tasks must be a non-empty mapping name -> task, got {tasks!r}")
     unknown = set(loss_weights or {}) - set(tasks)
     if unknown:
         raise KeyError(
             f"loss_weights has unknown tasks {sorted(unknown)}; tasks are {list(tasks)}."
         )
-    weights = {name: float((loss_weights or {}).get(name, 1.0)) for name in tasks}
-    seed_everything(seed)
+    weights = {
+        n: _check_number(f"loss_weights[{n!r}]", (loss_weights or {}).get(n, 1.0), 0.0)
+        for n in tasks
+    }
+    lr = _check_number("lr", lr, 0.0, low_ok=False)
+    min_lr = _check_number("min_lr", min_lr, 0.0, 1.0)
+    weight_decay = _check_number("weight_decay", weight_decay, 0.0)
+    warmup = _check_number("warmup", warmup, 0.0, 1.0)
+    if grad_clip is not None:
+        grad_clip = _check_number("grad_clip", grad_clip, 0.0, low_ok=False)
+    merged = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer) and m.merged]
+    if merged:
+        raise RuntimeError(
+            f"{len(merged)} adapter(s) are merged into their base weights (e.g. {merged[0]!r}), so "
+            "they would get no gradient: call unmerge_adapters(model) before fit"
+        )
+    if max_steps is None:  # fail before any setup
+        _check_count("epochs", epochs)
+        _steps_per_pass(train_loader)
+    else:
+        _check_count("max_steps", max_steps)
+
     dev = resolve_device(device)
-    model.to(dev).train()
-    if max_steps is None and not hasattr(train_loader, "__len__"):
-        raise TypeError("train_loader has no len(): pass max_steps to say how long to train.")
-    total = max_steps if max_steps is not None else epochs * len(train_loader)
-    optimizer = _optimizer(model, lr, weight_decay)
-    warmup_steps = round(warmup * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup_steps)
-    )
+    ctx = distributed.launch(dev)
+    was_training = model.training
+    history = History()
+    try:
+        seed_everything(seed)
+        model.to(ctx.device)
+        loader = distributed.shard_train(train_loader, ctx, int(seed))
+        total = int(max_steps) if max_steps is not None else epochs * _steps_per_pass(loader)
+        val = None if val_loader is None else distributed.shard_eval(val_loader, ctx)
+        optimizer = _optimizer(model, lr, weight_decay, no_weight_decay)
+        warmup_steps = round(warmup * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, total, warmup_steps, min_lr)
+        )
+        path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+        saved = load_checkpoint(path, model, optimizer, scheduler) if path and resume else None
+        if saved is not None and saved["total"] != total:
+            raise ValueError(
+                f"checkpoint {path} is for a run of {saved['total']} steps, this one has {total}: "
+                "resume with the same schedule, or pass resume=False to start afresh"
+            )
+        if saved is not None:
+            history = History.from_dict(saved["history"])
+        _train(
+            distributed.wrap(model, ctx, ddp_options),
+            model,
+            tasks,
+            loader,
+            val,
+            weights,
+            total=total,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            history=history,
+            epoch=0 if saved is None else saved["epoch"],
+            amp=amp,
+            grad_clip=grad_clip,
+            callbacks=callbacks if ctx.main else (),
+            progress=progress and ctx.main,
+            seed=int(seed),
+            ctx=ctx,
+            checkpoint=path if ctx.main else None,
+            batch_size=getattr(train_loader, "batch_size", None),
+        )
+    except BaseException as err:
+        with contextlib.suppress(AttributeError, TypeError):
+            err.history = history  # type: ignore[attr-defined]
+        raise
+    finally:
+        model.train(was_training)
+        ctx.close()
+    return history
+
+
+def _train(
+    ddp_model: nn.Module,
+    model: nn.Module,
+    tasks: Mapping[str, TrainTask],
+    loader: Iterable,
+    val: Iterable | None,
+    weights: Mapping[str, float],
+    *,
+    total: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    history: History,
+    epoch: int,
+    amp: bool,
+    grad_clip: float | None,
+    callbacks: Sequence[Callback],
+    progress: bool,
+    seed: int,
+    ctx: distributed.Launch,
+    checkpoint: Path | None,
+    batch_size: int | None,
+) -> None:
+    """The loop of ``fit`` from ``epoch`` (passes done) on, filling ``history`` in place."""
+    if ctx.active and progress and batch_size is not None:
+        tqdm.write(
+            f"torchrun: {ctx.world_size} processes x batch {batch_size} = effective batch "
+            f"{ctx.world_size * batch_size}; lr is used as given"
+        )
     trainable = [p for p in model.parameters() if p.requires_grad]
-    history, step, epoch, n_images, train_time, smooth = History(), 0, 0, 0, 0.0, None
-    start = time.perf_counter()
+    step = len(history.steps)
+    n_images, train_time, smooth = 0, 0.0, None
+    start = time.perf_counter() - history.wall_time_s
+    model.train()
     for cb in callbacks:
         cb.on_fit_start(model)
-    with tqdm(total=total, desc="train", disable=not progress) as bar:
+    with tqdm(total=total, initial=step, desc="train", disable=not progress) as bar:
         while step < total:
             epoch += 1
-            tic = time.perf_counter()
-            for batch in train_loader:
-                images, targets = _to(batch, dev)
+            _reseed(loader, seed, epoch)
+            tic, steps_before = time.perf_counter(), step
+            for batch in loader:
+                images, targets = batch_to(batch, ctx.device)
                 current_lr = optimizer.param_groups[0]["lr"]
-                loss, values = _weighted_loss(model, tasks, weights, images, targets, amp, step + 1)
+                loss, value, values = _weighted_loss(
+                    ddp_model, tasks, weights, images, targets, amp, step + 1, ctx
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norm = nn.utils.clip_grad_norm_(trainable, grad_clip or math.inf)
                 optimizer.step()
                 scheduler.step()
-                step, n_images = step + 1, n_images + images.shape[0]
-                logs = {"step": step, "lr": current_lr, "loss": loss.item()}
+                step, n_images = step + 1, n_images + images.shape[0] * ctx.world_size
+                logs = {"step": step, "lr": current_lr, "loss": value}
                 logs.update(grad_norm=norm.item(), losses=values)
                 history.steps.append(logs)
-                smooth = logs["loss"] if smooth is None else 0.9 * smooth + 0.1 * logs["loss"]
+                smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
                 bar.update(1)
                 bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
                 for cb in callbacks:
@@ -330,13 +355,16 @@ def fit(
                 if step >= total:
                     break
             train_time += time.perf_counter() - tic
-            if n_images == 0:
-                raise ValueError("train_loader yielded no batches.")
-            if val_loader is not None:
-                metrics = evaluate(model, tasks, val_loader, device=dev, amp=amp)
+            if step == steps_before:
+                raise ValueError("train_loader yielded no batches (an empty iterable?).")
+            if val is not None:
+                metrics = evaluate_launched(model, tasks, val, ctx, amp, progress=False)
                 history.evals.append({"epoch": epoch, "step": step, "metrics": metrics})
                 for cb in callbacks:
                     cb.on_eval_end(epoch, model, metrics)
-    history.wall_time_s = time.perf_counter() - start
-    history.images_per_s = n_images / max(train_time, 1e-9)
-    return history
+            history.wall_time_s = time.perf_counter() - start
+            if n_images:
+                history.images_per_s = n_images / max(train_time, 1e-9)
+            if checkpoint is not None:
+                progress_state = {"epoch": epoch, "total": total, "history": history.to_dict()}
+                save_checkpoint(checkpoint, model, optimizer, scheduler, progress_state)

@@ -1,0 +1,108 @@
+"""What ``fit`` records and calls: ``History`` (per step and per evaluation) and ``Callback``s,
+e.g. ``HeadSimilarityRecorder`` (head similarity of multi-head LoRA during training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from mtlora_lite.adapters.heads import HEAD_MODES, head_similarity, nanmean
+
+Metrics = dict[str, dict[str, float]]  # task -> metric name -> value
+
+
+class Callback:
+    """Hooks called by ``fit``; subclass and override what you need (all are no-ops here)."""
+
+    def on_fit_start(self, model: nn.Module) -> None:
+        """Before the first step."""
+
+    def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
+        """After optimizer step ``step`` (1-based); ``logs`` is that step's record in the History."""
+
+    def on_eval_end(self, epoch: int, model: nn.Module, metrics: Metrics) -> None:
+        """After validating at the end of epoch ``epoch`` (1-based)."""
+
+
+class HeadSimilarityRecorder(Callback):
+    """Trainer callback: ``head_similarity(model, mode)`` before training and every ``every`` steps.
+
+    ``steps[k]`` is the optimizer step (0 = before training) of the record ``values[k]`` (layer ->
+    mean head cosine). ``curve()`` gives what to plot; ``to_dict()`` what to save as JSON.
+    """
+
+    def __init__(self, every: int = 10, mode: str = "B") -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if mode not in HEAD_MODES:
+            raise ValueError(f"mode must be one of {HEAD_MODES}, got {mode!r}")
+        self.every, self.mode = every, mode
+        self.steps: list[int] = []
+        self.values: list[dict[str, float]] = []
+
+    def _record(self, step: int, model: nn.Module) -> None:
+        self.steps.append(step)
+        self.values.append(head_similarity(model, self.mode))
+
+    def on_fit_start(self, model: nn.Module) -> None:
+        self._record(0, model)
+
+    def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
+        if step % self.every == 0:
+            self._record(step, model)
+
+    def curve(self, layer: str | None = None) -> tuple[list[int], list[float]]:
+        """(steps, similarity) of one layer, or averaged over layers (NaNs skipped) by default."""
+        if layer is None:
+            return self.steps, [nanmean(v.values()) for v in self.values]
+        return self.steps, [v[layer] for v in self.values]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "every": self.every, "steps": self.steps, "values": self.values}
+
+
+@dataclass
+class History:
+    """What ``fit`` measured.
+
+    ``steps``: one record per optimizer step, ``{"step", "lr", "loss", "grad_norm", "losses": {task:
+    loss}}``. ``evals``: one record per validation, ``{"epoch", "step", "metrics": {task: {metric:
+    value}}}``. ``images_per_s`` counts training steps only (no validation).
+    """
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    images_per_s: float = 0.0
+
+    @property
+    def final(self) -> Metrics:
+        """The last validation metrics (empty if ``fit`` had no ``val_loader``)."""
+        return self.evals[-1]["metrics"] if self.evals else {}
+
+    def curve(self, key: str = "loss") -> tuple[list[int], list[float]]:
+        """(steps, values) of ``"loss"``, ``"lr"``, ``"grad_norm"`` or a task name (its loss)."""
+        if self.steps and key not in self.steps[0] and key not in self.steps[0]["losses"]:
+            raise KeyError(f"No curve {key!r}; use 'loss', 'lr', 'grad_norm' or a task name.")
+        values = [r[key] if key in r else r["losses"][key] for r in self.steps]
+        return [r["step"] for r in self.steps], values
+
+    def metric_curve(self, task: str, metric: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one validation metric over the evaluations."""
+        return [e["step"] for e in self.evals], [e["metrics"][task][metric] for e in self.evals]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """The inverse of ``to_dict``."""
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return {
+            "steps": self.steps,
+            "evals": self.evals,
+            "wall_time_s": self.wall_time_s,
+            "images_per_s": self.images_per_s,
+        }
