@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from mtlora_lite.multitask.evaluation import evaluate
 from mtlora_lite.multitask.models import build_model
 from mtlora_lite.multitask.pascal import IGNORE, TASKS, PascalContext
 from mtlora_lite.multitask.pascal_fixture import write_pascal_fixture
 from mtlora_lite.multitask.pascal_tasks import (
     LOSS_WEIGHTS,
-    PascalNormalsMetric,
     SaliencyMetric,
     SegmentationIoU,
     pascal_tasks,
@@ -24,7 +24,8 @@ from mtlora_lite.multitask.pascal_tasks import (
     segmentation_loss,
 )
 from mtlora_lite.multitask.pascal_transforms import PascalTransform
-from mtlora_lite.multitask.train import evaluate, fit
+from mtlora_lite.multitask.tasks import NormalsMetric
+from mtlora_lite.multitask.train import fit
 
 
 def one_hot_logits(labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -108,17 +109,15 @@ def test_normals_metric_measures_a_known_angle() -> None:
     target[0, :, 0, 0] = torch.tensor([math.cos(math.radians(30)), math.sin(math.radians(30)), 0])
     pred = torch.zeros(1, 3, 1, 2)
     pred[0, 0] = 5.0  # along x everywhere; pixel 1 has no valid target
-    metric = PascalNormalsMetric()
+    metric = NormalsMetric()
     metric.update(pred, target)
     assert metric.compute()["mean_angle"] == pytest.approx(30.0, abs=1e-4)
 
 
-@pytest.mark.parametrize(
-    "factory", [lambda: SegmentationIoU(4), SaliencyMetric, PascalNormalsMetric]
-)
+@pytest.mark.parametrize("factory", [lambda: SegmentationIoU(4), SaliencyMetric, NormalsMetric])
 def test_merged_metrics_equal_one_metric_over_all_batches(factory) -> None:
     torch.manual_seed(0)
-    channels = {SaliencyMetric: 1, PascalNormalsMetric: 3}.get(factory, 4)
+    channels = {SaliencyMetric: 1, NormalsMetric: 3}.get(factory, 4)
     preds = [torch.randn(2, channels, 4, 4) for _ in range(2)]
     if channels == 4:
         targets = [torch.randint(0, 4, (2, 4, 4)) for _ in range(2)]

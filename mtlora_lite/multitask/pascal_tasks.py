@@ -74,10 +74,6 @@ class SegmentationIoU(ConfusionMetric):
         iou = torch.where(union > 0, tp / union.clamp_min(1), 0.0)
         return {**out, "mIoU": 100 * iou.mean().item()}
 
-    def merge(self, other: ConfusionMetric) -> None:
-        """Add ``other``'s confusion matrix (same classes) to this one."""
-        self.matrix += other.matrix
-
 
 class SaliencyMetric:
     """Saliency scored per image at each threshold of ``SALIENCY_THRESHOLDS`` (on the sigmoid):
@@ -118,16 +114,6 @@ class SaliencyMetric:
         p, r = self.precision / self.images, self.recall / self.images
         f = 2 * p * r / (p + r + 1e-12)
         return {"mIoU": 100 * (self.iou / self.images).max().item(), "maxF": 100 * f.max().item()}
-
-
-class PascalNormalsMetric(NormalsMetric):
-    """``NormalsMetric`` (angles in degrees to valid, non-zero targets) with ``merge``."""
-
-    def merge(self, other: NormalsMetric) -> None:
-        """Add ``other``'s angle histogram and sums to this one."""
-        self.hist += other.hist
-        self.sum += other.sum
-        self.sum_sq += other.sum_sq
 
 
 def pascal_tasks(names: Sequence[str] = TASKS) -> dict[str, Task]:
@@ -171,7 +157,7 @@ def pascal_tasks(names: Sequence[str] = TASKS) -> dict[str, Task]:
             primary="mean_angle",
             higher_is_better=False,
             loss_fn=normals_loss,
-            metric_factory=PascalNormalsMetric,
+            metric_factory=NormalsMetric,
         ),
     }
     return {name: made[name] for name in names}
