@@ -107,8 +107,12 @@ def test_table_rows_measure_delta_m_against_our_single_task_runs() -> None:
     assert mtlora["Δm %"] == pytest.approx((10 + 0 + 0 + 10) / 4)
     assert mtlora["Δm % (paper)"] == 2.55 and mtlora["trainable M (paper)"] == 8.34
     assert mtlora["semseg mIoU (paper)"] == 67.90
+    records["single-normals"]["metrics"]["normals"]["mean_angle"] = 0.0  # undefined change
+    assert table_rows(records)[-1]["Δm %"] is None
     del records["single-sal"]  # no reference for saliency: no Delta_m
     assert table_rows(records)[-1]["Δm %"] is None
+    records["semseg-only"] = _record("semseg only", ("semseg",), better) | {"single_task": False}
+    assert table_rows(records)[-1]["Δm %"] == pytest.approx(10.0)  # on its own tasks
     text = markdown(table_rows(records), "title", ["a note"])
     assert text.startswith("# title\n\n- a note\n") and "| model | semseg mIoU | paper |" in text
     assert "| — |" in text

@@ -71,6 +71,13 @@ def references(records: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return refs
 
 
+def _delta_m(ours: Mapping[str, float], refs: Mapping[str, float]) -> float | None:
+    """Delta_m of ``ours`` against ``refs``; None without a (non-zero) reference for each task."""
+    if not all(refs.get(t) for t in ours):
+        return None
+    return delta_m(ours, {t: refs[t] for t in ours}, {t: HIGHER_IS_BETTER[t] for t in ours})
+
+
 def _row(label: str, values: Mapping[str, float], paper: Mapping[str, float]) -> dict[str, Any]:
     row: dict[str, Any] = {"model": label}
     for t in TASKS:
@@ -81,7 +88,8 @@ def _row(label: str, values: Mapping[str, float], paper: Mapping[str, float]) ->
 
 def table_rows(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per model: per-task primary metrics (ours, paper), saliency maxF, Delta_m in %
-    (ours against our single-task runs, None without all four; the paper's), trainable
+    (ours against our single-task runs, None without a non-zero reference for each of the
+    model's tasks; the paper's), trainable
     parameters in M (ours; the paper's where stated) and device-hours.
 
     The single-task runs form one row (``"single-task (4 models)"``, Delta_m 0 by definition).
@@ -105,10 +113,7 @@ def table_rows(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
         ours = primary(record)
         row = _row(record["label"], ours, PAPER.get(name, {}))
         row["sal maxF"] = record["metrics"]["sal"]["maxF"] if "sal" in ours else None
-        comparable = set(ours) <= set(refs)
-        row["Δm %"] = (
-            delta_m(ours, {t: refs[t] for t in ours}, HIGHER_IS_BETTER) if comparable else None
-        )
+        row["Δm %"] = _delta_m(ours, refs)
         row["Δm % (paper)"] = paper_delta_m(name)
         row["trainable M"] = record["trainable"] / 1e6
         row["trainable M (paper)"] = PAPER.get(name, {}).get("trainable_M")
