@@ -51,6 +51,11 @@ from mtlora_lite.multitask.train import fit
 from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
 
+# PASCAL-Context, the MTLoRA paper's benchmark (python -m mtlora_lite.multitask.paper runs its table)
+from mtlora_lite.multitask.pascal import PascalContext
+from mtlora_lite.multitask.pascal_transforms import PascalTransform
+from mtlora_lite.multitask.pascal_tasks import pascal_tasks
+
 __version__ = version("mtlora-lite")
 
 __all__ = [  # noqa: RUF022 (grouped as the imports above)
@@ -98,4 +103,8 @@ __all__ = [  # noqa: RUF022 (grouped as the imports above)
     "relative_changes",
     "resolve_device",
     "seed_everything",
+    # PASCAL-Context
+    "PascalContext",
+    "PascalTransform",
+    "pascal_tasks",
 ]

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from mtlora_lite.multitask.evaluation import evaluate, seed_everything
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.paper import load_trained, loaders, main, run_one, run_recipe
+from mtlora_lite.multitask.paper import main, run_one, run_recipe
+from mtlora_lite.multitask.paper_io import load_trained, loaders
 from mtlora_lite.multitask.paper_recipes import RECIPES, RUNS
 from mtlora_lite.multitask.paper_table import (
     HIGHER_IS_BETTER,

@@ -19,14 +19,13 @@ what to download; the fixture recipe writes its own tiny archive). Under ``--out
     results.json, results.md           the table, ours beside the paper's (``paper_table``)
 
 Calling it again resumes: finished runs are read back, an interrupted one continues after its last
-saved epoch. ``load_trained`` puts a run's trained parts back into a freshly built model.
+saved epoch. ``paper_io.load_trained`` puts a run's trained parts back into a freshly built model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,101 +33,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader
 
 from mtlora_lite.adapters.atomic import atomic_write
 from mtlora_lite.adapters.breakdown import trainable_breakdown
-from mtlora_lite.multitask.checkpoint import CHECKPOINT_NAME, training_state
 from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
-from mtlora_lite.multitask.history import Callback, Metrics
+from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
+from mtlora_lite.multitask.paper_io import JsonLog, loaders, rank_world
 from mtlora_lite.multitask.paper_recipes import NO_WEIGHT_DECAY, RECIPES, RUNS, Recipe, RunSpec
 from mtlora_lite.multitask.paper_table import markdown, table_rows
 from mtlora_lite.multitask.pascal import DOWNLOAD_URL, MissingDataError, PascalContext
 from mtlora_lite.multitask.pascal_fixture import write_pascal_fixture
 from mtlora_lite.multitask.pascal_tasks import LOSS_WEIGHTS, pascal_tasks
-from mtlora_lite.multitask.pascal_transforms import PascalTransform
 from mtlora_lite.multitask.train import fit
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them; (0, 1) in a single process."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def loaders(data: Path, recipe: Recipe, tasks: Sequence[str]) -> tuple[DataLoader, DataLoader]:
-    """Training (augmented, shuffled, full batches) and validation (resized) loaders; each
-    process's batch is ``recipe.batch_size`` / world size."""
-    _, world = _rank_world()
-    if recipe.batch_size % world:
-        raise ValueError(f"batch {recipe.batch_size} does not split over {world} processes")
-    batch = recipe.batch_size // world
-    train = PascalContext(data, "train", tasks, PascalTransform(recipe.img_size, train=True))
-    val = PascalContext(data, "val", tasks, PascalTransform(recipe.img_size))
-    if len(train) < batch:
-        raise ValueError(
-            f"{len(train)} training images make no batch of {batch}: lower --batch-size"
-        )
-    options: dict[str, Any] = {
-        "num_workers": recipe.workers,
-        "pin_memory": torch.cuda.is_available(),
-    }
-    options["persistent_workers"] = recipe.workers > 0
-    shuffle = torch.Generator().manual_seed(recipe.seed)  # fit reseeds it every epoch
-    return (
-        DataLoader(train, batch, shuffle=True, drop_last=True, generator=shuffle, **options),
-        DataLoader(val, batch, **options),
-    )
-
-
-class JsonLog(Callback):
-    """Appends one JSON object a line to ``path`` (flushed each time): ``{"event", "run",
-    "time", ...}`` for fit starts, every ``every``-th step (and the first), evaluations and
-    whatever ``write`` is given. A crash leaves at most a partial last line."""
-
-    def __init__(self, path: str | Path, run: str, every: int = 10) -> None:
-        self.path, self.run, self.every = Path(path), run, every
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, "run": self.run, "time": time.time(), **fields})
-        with self.path.open("a") as f:
-            f.write(line + "\n")
-
-    def on_fit_start(self, model: nn.Module) -> None:
-        self.write("fit_start")
-
-    def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
-        if step == 1 or step % self.every == 0:
-            self.write("step", **logs)
-
-    def on_eval_end(self, epoch: int, model: nn.Module, metrics: Metrics) -> None:
-        self.write("eval", epoch=epoch, metrics=metrics)
-
-
-def load_trained(model: nn.Module, run_dir: str | Path) -> None:
-    """Load the trained parts saved in ``run_dir/checkpoint.safetensors`` into ``model``, built
-    as the run built it (same recipe backbone, method and options). Raises ``ValueError`` if
-    the tensors differ."""
-    path = Path(run_dir) / CHECKPOINT_NAME
-    saved = {
-        k.removeprefix("model/"): v
-        for k, v in load_file(str(path)).items()
-        if k.startswith("model/")
-    }
-    state = training_state(model)
-    wrong = sorted(saved.keys() ^ state.keys()) + [
-        k for k in saved.keys() & state.keys() if saved[k].shape != state[k].shape
-    ]
-    if wrong:
-        raise ValueError(
-            f"{path} does not fit this model ({len(wrong)} tensors differ, e.g. {wrong[0]!r}): build it as the run did"
-        )
-    with torch.no_grad():
-        for name, value in saved.items():
-            state[name].copy_(value)
 
 
 def run_one(
@@ -148,7 +66,7 @@ def run_one(
     done = run_dir / "result.json"
     if done.is_file():
         return {**json.loads(done.read_text()), "cached": True}
-    rank, world = _rank_world()
+    rank, world = rank_world()
     tasks = pascal_tasks(spec.tasks)
     train, val = loaders(data, recipe, spec.tasks)
     seed_everything(recipe.seed)
@@ -214,7 +132,7 @@ def _same_recipe(out: Path, recipe: Recipe) -> None:
                 f"{out} holds runs of another recipe (differs in {diff}): pass another --out, or "
                 "delete that folder to start afresh"
             )
-    elif _rank_world()[0] == 0:
+    elif rank_world()[0] == 0:
         atomic_write(path, json.dumps(wanted, indent=2) + "\n")
 
 
@@ -239,7 +157,7 @@ def run_recipe(
     backbone = recipe.build_backbone()
     records = {}
     for name in runs:
-        if progress and _rank_world()[0] == 0:
+        if progress and rank_world()[0] == 0:
             print(f"[{len(records) + 1}/{len(runs)}] {RUNS[name].label}", flush=True)
         records[name] = run_one(
             RUNS[name], recipe, data, out, backbone, device=device, progress=progress
@@ -257,7 +175,7 @@ def run_recipe(
     if recipe.name == "fixture" or not recipe.pretrained:
         notes.append("a plumbing check: these numbers mean nothing about the methods")
     results = {"recipe": recipe.to_dict(), "data": str(data), "runs": records, "table": rows}
-    if _rank_world()[0] == 0:
+    if rank_world()[0] == 0:
         atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
         atomic_write(out / "results.md", markdown(rows, f"PASCAL-Context, {recipe.name}", notes))
     return results
