@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mtlora_lite.adapters.lora import name_matches
 from mtlora_lite.multitask.evaluation import evaluate, seed_everything
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
 from mtlora_lite.multitask.paper import main, run_one, run_recipe
 from mtlora_lite.multitask.paper_io import load_trained, loaders
-from mtlora_lite.multitask.paper_recipes import RECIPES, RUNS
+from mtlora_lite.multitask.paper_recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
 from mtlora_lite.multitask.paper_table import (
     HIGHER_IS_BETTER,
     PAPER,
@@ -67,6 +68,14 @@ def test_the_paper_recipe_is_the_published_schedule() -> None:
     assert paper.replace(epochs=None, max_steps=3).max_steps == 3  # None: keep the recipe's
     with pytest.raises(ValueError, match="warmup_epochs"):
         paper.replace(epochs=10)
+
+
+def test_no_weight_decay_names_every_relative_position_table() -> None:
+    recipe = RECIPES["fixture"]
+    model = build_model(recipe.build_backbone(), pascal_tasks(), "mtlora")
+    tables = [n for n, p in model.named_parameters() if "relative_position_bias_table" in n]
+    assert tables and all(name_matches(n, NO_WEIGHT_DECAY) for n in tables)
+    assert not name_matches("encoder.backbone.layers.0.blocks.0.attn.qkv.lora_A", NO_WEIGHT_DECAY)
 
 
 def test_runs_cover_the_paper_table() -> None:
@@ -126,6 +135,8 @@ def test_without_data_the_command_says_what_to_download(capsys, tmp_path: Path) 
     err = capsys.readouterr().err
     assert "JPEGImages" in err and DOWNLOAD_URL in err
     assert not list(tmp_path.iterdir())  # nothing written, nothing downloaded
+    assert main(["--recipe", "paper", "--epochs", "10", "--out", str(tmp_path)]) == 2
+    assert "warmup_epochs" in capsys.readouterr().err  # 20 warm-up epochs do not fit in 10
 
 
 def test_the_fixture_recipe_runs_end_to_end(done: Path) -> None:

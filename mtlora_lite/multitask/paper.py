@@ -200,41 +200,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line (module docstring); returns the exit status."""
+    """The command line (module docstring); returns the exit status (2: bad input, with why)."""
     args = _parser().parse_args(argv)
-    recipe = RECIPES[args.recipe].replace(
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        img_size=args.img_size,
-        workers=args.workers,
-        seed=args.seed,
-        pretrained=False if args.no_pretrained else None,
-    )
-    out = args.out or Path("outputs/paper") / recipe.name
-    data = args.data
-    if data is None and recipe.name == "fixture":
-        data = out / "PASCAL_MT_fixture"
-        if not (data / "ImageSets/Context/val.txt").is_file():
-            write_pascal_fixture(data)
-    if data is None:
-        print(
-            f"--data is needed: the path of the extracted PASCAL_MT archive. Download it "
-            f"(about 3 GB) from {DOWNLOAD_URL}, extract it with `tar xzf PASCAL_MT.tgz`, and pass "
-            "the folder that holds JPEGImages/. (`--recipe fixture` runs offline on a tiny "
-            "generated archive instead.)",
-            file=sys.stderr,
-        )
-        return 2
+    overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "batch_size", "img_size")}
+    overrides.update(workers=args.workers, seed=args.seed)
     try:
-        results = run_recipe(
-            recipe, data, out, args.runs, device=args.device, progress=not args.quiet
+        recipe = RECIPES[args.recipe].replace(
+            **overrides, pretrained=False if args.no_pretrained else None
         )
-    except MissingDataError as err:
-        print(err, file=sys.stderr)
+        out = args.out or Path("outputs/paper") / recipe.name
+        data = args.data
+        if data is None and recipe.name == "fixture":
+            data = out / "PASCAL_MT_fixture"
+            if not (data / "ImageSets/Context/val.txt").is_file():
+                write_pascal_fixture(data)
+        if data is None:
+            print(
+                f"--data is needed: the path of the extracted PASCAL_MT archive. Download it "
+                f"(about 3 GB) from {DOWNLOAD_URL}, extract it with `tar xzf PASCAL_MT.tgz`, and "
+                "pass the folder that holds JPEGImages/. (`--recipe fixture` runs offline on a "
+                "tiny generated archive instead.)",
+                file=sys.stderr,
+            )
+            return 2
+        run_recipe(recipe, data, out, args.runs, device=args.device, progress=not args.quiet)
+    except (MissingDataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    print((out / "results.md").read_text() if (out / "results.md").is_file() else results["table"])
-    print(f"written: {out / 'results.md'}, {out / 'results.json'}, runs under {out / 'runs'}")
+    if rank_world()[0] == 0:
+        print((out / "results.md").read_text())
+        print(f"written: {out / 'results.md'}, {out / 'results.json'}, runs under {out / 'runs'}")
     return 0
 
 
