@@ -12,9 +12,10 @@ This module exports the library (the first two rooms) only, grouped by purpose.
 """
 
 # ruff: noqa: I001 (the imports are grouped by purpose, not sorted)
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
-# LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect
+# LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect;
+# LoRA on some blocks of a fused Linear (q and v of timm's attn.qkv)
 from mtlora_lite.adapters.lora import (
     AdapterLayer,
     LoRALinear,
@@ -26,6 +27,7 @@ from mtlora_lite.adapters.lora import (
     merge_adapters,
     unmerge_adapters,
 )
+from mtlora_lite.adapters.blocks import BlockLoRALinear, inject_qkv_lora
 
 # Multi-head LoRA (HydraLoRA) and R-LoRA
 from mtlora_lite.adapters.multihead import (
@@ -39,32 +41,39 @@ from mtlora_lite.adapters.multihead import (
 from mtlora_lite.adapters.mtlora import MTLoRAConfig, MTLoRALinear
 from mtlora_lite.adapters.swin import SwinTaskEncoder, inject_mtlora, mark_mtlora_trainable
 
-# Adapter files, parameter counts, multi-head diagnostics
+# Adapter files (ours, and Hugging Face PEFT's LoRA format), parameter counts, multi-head diagnostics
 from mtlora_lite.adapters.saving import load_adapters, save_adapters
+from mtlora_lite.adapters.peft import export_peft, import_peft
 from mtlora_lite.adapters.breakdown import Breakdown, count_parameters, trainable_breakdown
 from mtlora_lite.adapters.heads import head_similarity, router_statistics
 
-# Multi-task models, tasks and training
+# Multi-task models, tasks and training (and its TensorBoard logs; tensorboard is optional)
 from mtlora_lite.multitask.models import MultiTaskNet, build_model, paper_breakdown
 from mtlora_lite.multitask.tasks import Task, delta_m, primary_metrics, relative_changes
 from mtlora_lite.multitask.train import fit
 from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
+from mtlora_lite.multitask.tensorboard import TensorBoardLogger
 
 # PASCAL-Context, the MTLoRA paper's benchmark (python -m mtlora_lite.multitask.paper runs its table)
 from mtlora_lite.multitask.pascal import PascalContext
 from mtlora_lite.multitask.pascal_transforms import PascalTransform
 from mtlora_lite.multitask.pascal_tasks import pascal_tasks
 
-__version__ = version("mtlora-lite")
+try:
+    __version__ = version("mtlora-lite")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed (PYTHONPATH=.)
+    __version__ = "0+source"
 
 __all__ = [  # noqa: RUF022 (grouped as the imports above)
     # LoRA
     "AdapterLayer",
+    "BlockLoRALinear",
     "LoRALinear",
     "adapter_layers",
     "inject_adapters",
     "inject_lora",
+    "inject_qkv_lora",
     "linear_names",
     "mark_only_adapters_trainable",
     "merge_adapters",
@@ -83,7 +92,9 @@ __all__ = [  # noqa: RUF022 (grouped as the imports above)
     # files, counts, diagnostics
     "Breakdown",
     "count_parameters",
+    "export_peft",
     "head_similarity",
+    "import_peft",
     "load_adapters",
     "router_statistics",
     "save_adapters",
@@ -103,6 +114,7 @@ __all__ = [  # noqa: RUF022 (grouped as the imports above)
     "relative_changes",
     "resolve_device",
     "seed_everything",
+    "TensorBoardLogger",
     # PASCAL-Context
     "PascalContext",
     "PascalTransform",

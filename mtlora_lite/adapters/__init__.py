@@ -1,8 +1,9 @@
 """The adapter layers: torch only (and timm for the Swin parts); usable in any project.
 
 ``lora`` (LoRA layer, injection by name, freezing, merging) and ``functional`` (its fused autograd
-and dropout masks); ``multihead`` (HydraLoRA / R-LoRA); ``mtlora`` (MTLoRA's config and TA / TS
-layers) and ``swin`` (MTLoRA on a timm Swin: injection, task streams, ``SwinTaskEncoder``);
-``saving`` (adapter-only safetensors); ``breakdown`` (exact parameter counts); ``heads``
-(multi-head diagnostics). Nothing here imports ``mtlora_lite.multitask`` or ``mtlora_lite.course``.
+and dropout masks); ``blocks`` (LoRA on chosen blocks of a fused Linear: q / v of timm's qkv);
+``multihead`` (HydraLoRA / R-LoRA); ``mtlora`` (MTLoRA's config and TA / TS layers) and ``swin``
+(MTLoRA on a timm Swin: injection, task streams, ``SwinTaskEncoder``); ``saving`` (adapter-only
+safetensors); ``peft`` (Hugging Face PEFT's LoRA folders, both ways); ``breakdown`` (exact
+parameter counts); ``heads`` (multi-head diagnostics). Nothing here imports ``mtlora_lite.multitask`` or ``mtlora_lite.course``.
 """

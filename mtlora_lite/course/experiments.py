@@ -22,12 +22,12 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from mtlora_lite import __version__
 from mtlora_lite.adapters.heads import router_statistics
 from mtlora_lite.adapters.lora import TIMM_TARGETS, inject_lora, mark_only_adapters_trainable
 from mtlora_lite.adapters.multihead import inject_multihead_lora
@@ -108,7 +108,7 @@ def _spec(
         options=options,
         device=resolve_device(device).type,
         backbone=load_course_card()["sha256"],
-        package=version("mtlora-lite"),
+        package=__version__,
         **extra,
     )
 

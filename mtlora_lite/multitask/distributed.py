@@ -14,12 +14,15 @@ and nothing here changes anything. With them, ``fit`` and ``evaluate``
 - reduce what they report: metrics through each metric's ``merge`` (every rank ends with the same
   numbers), the step losses as means over ranks.
 
-A process group that ``launch`` created is destroyed when training ends, also on an exception;
-one that existed before is left to its owner.
+The process group is created once, by the first ``fit`` or ``evaluate`` of the process (or by
+the caller, before), and reused by later calls; one that ``launch`` created is destroyed when the
+process exits, normally or by an exception (``atexit``). Re-creating a group within one process
+is fragile (gloo and NCCL reconnect to the same store), so it is never torn down in between.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
 from collections.abc import Iterator, Mapping
@@ -35,13 +38,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 @dataclass
 class Launch:
-    """Where this process stands: ``rank`` of ``world_size``, its device, and whether ``launch``
-    created the process group (then ``close`` destroys it)."""
+    """Where this process stands: ``rank`` of ``world_size``, and its device."""
 
     rank: int = 0
     world_size: int = 1
     device: torch.device | None = None
-    owns_group: bool = False
 
     @property
     def active(self) -> bool:
@@ -52,12 +53,6 @@ class Launch:
     def main(self) -> bool:
         """True on the process that shows progress and writes files (rank 0)."""
         return self.rank == 0
-
-    def close(self) -> None:
-        """Destroy the process group if ``launch`` created it."""
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-        self.owns_group = False
 
 
 def launch(device: torch.device, timeout_s: float = 1800.0) -> Launch:
@@ -78,11 +73,16 @@ def launch(device: torch.device, timeout_s: float = 1800.0) -> Launch:
             )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
+    if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
-    return Launch(rank, world, device, owns)
+        atexit.register(_destroy)
+    return Launch(rank, world, device)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, ctx: Launch, options: Mapping[str, Any] | None = None) -> nn.Module:

@@ -118,12 +118,7 @@ def evaluate(
     """
     dev = resolve_device(device)
     ctx = distributed.launch(dev)
-    try:
-        return evaluate_launched(
-            model, tasks, distributed.shard_eval(loader, ctx), ctx, amp, progress
-        )
-    finally:
-        ctx.close()
+    return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, amp, progress)
 
 
 def evaluate_launched(

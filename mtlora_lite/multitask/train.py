@@ -201,7 +201,7 @@ def fit(
 
     Under torchrun (module docstring): DDP with ``ddp_options`` (``multitask.distributed.wrap``),
     sharded data, losses and metrics reduced over ranks; progress, callbacks and checkpoints on
-    rank 0 only; the process group torchrun needed is torn down at the end, also on errors.
+    rank 0 only; the process group is created once per process and destroyed at its exit.
 
     Refuses to run zero steps, a model with merged adapters, or bad numbers, saying why. Any
     exception raised during training (a non-finite loss: FloatingPointError; Ctrl-C:
@@ -288,7 +288,6 @@ def fit(
         raise
     finally:
         model.train(was_training)
-        ctx.close()
     return history
 
 

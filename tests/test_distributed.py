@@ -1,0 +1,81 @@
+"""fit under torchrun (2 processes, gloo on CPU) against the same run in one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtlora_lite.multitask.distributed import ShardSampler
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+ROOT = WORKER.parents[1]
+
+
+def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
+def _torchrun(*args: str) -> list[str]:
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("ddp")
+    single = _run([str(WORKER), str(out / "single"), "--single"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = _run(_torchrun(str(WORKER), str(out / "ddp")))
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    return {"single": out / "single", "ddp": out / "ddp"}
+
+
+def test_two_processes_train_what_one_does_with_the_doubled_batch(runs: dict[str, Path]) -> None:
+    single, ddp = (load_file(str(runs[k] / "params.safetensors")) for k in ("single", "ddp"))
+    assert single.keys() == ddp.keys() and any("ts_lora" in k or "tasks." in k for k in single)
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], atol=1e-5, rtol=1e-4, msg=name)
+    # MTLoRA's last shared fc2 update never gets a gradient ("official" mode): DDP skipped it
+    never = "encoder.backbone.layers.3.blocks.0.mlp.fc2.lora_B"
+    assert not ddp[never].any() and not single[never].any()
+    steps = [json.loads((runs[k] / "metrics.json").read_text())["steps"] for k in runs]
+    assert steps == [8, 8]  # 32 examples, batch 8 (4 per rank), 2 epochs
+
+
+def test_metrics_reduced_over_ranks_are_those_of_one_process(runs: dict[str, Path]) -> None:
+    ddp = json.loads((runs["ddp"] / "metrics.json").read_text())
+    assert ddp["fit"] == ddp["evaluate"]  # fit's last validation: the same reduced numbers
+    from mtlora_lite import build_model, evaluate
+    from mtlora_lite.course.backbones import build_course_swin
+    from tests.ddp_worker import N_VAL, SEED, TASKS, Data  # same model and data, one process
+
+    torch.manual_seed(SEED)
+    swin = build_course_swin(img_size=32, embed_dim=8, depths=(1, 1, 1, 1), window_size=2)
+    model = build_model(swin, TASKS, "mtlora", shared_rank=2, task_rank=2, dropout=0.0)
+    model.load_state_dict(load_file(str(runs["ddp"] / "params.safetensors")), strict=False)
+    loader = torch.utils.data.DataLoader(Data(N_VAL, SEED + 1), batch_size=3)
+    assert evaluate(model, TASKS, loader, device="cpu") == ddp["evaluate"]  # counts: exact
+
+
+def test_a_failing_rank_stops_the_whole_run(tmp_path: Path) -> None:
+    tic = time.perf_counter()
+    failed = _run(_torchrun(str(WORKER), str(tmp_path), "--fail"), timeout=90)
+    assert failed.returncode != 0 and time.perf_counter() - tic < 90
+    assert "rank 1 fails at its third step" in failed.stdout + failed.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_shard_sampler_covers_every_example_once() -> None:
+    shards = [list(ShardSampler(13, r, 3)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(13))
+    assert [len(s) for s in shards] == [5, 4, 4]
