@@ -55,11 +55,6 @@ from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_ever
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
 from mtlora_lite.multitask.tensorboard import TensorBoardLogger
 
-# PASCAL-Context, the MTLoRA paper's benchmark (python -m mtlora_lite.multitask.paper runs its table)
-from mtlora_lite.multitask.pascal import PascalContext
-from mtlora_lite.multitask.pascal_transforms import PascalTransform
-from mtlora_lite.multitask.pascal_tasks import pascal_tasks
-
 try:
     __version__ = version("mtlora-lite")
 except PackageNotFoundError:  # a source tree on sys.path that was never installed (PYTHONPATH=.)
@@ -115,8 +110,4 @@ __all__ = [  # noqa: RUF022 (grouped as the imports above)
     "resolve_device",
     "seed_everything",
     "TensorBoardLogger",
-    # PASCAL-Context
-    "PascalContext",
-    "PascalTransform",
-    "pascal_tasks",
 ]
