@@ -95,7 +95,7 @@ def run_one(
     tic = time.perf_counter()
     metrics = evaluate(model, tasks, val, device=device, amp=recipe.amp, progress=progress)
     seconds = history.wall_time_s + time.perf_counter() - tic
-    dev = resolve_device(device)
+    dev, breakdown = resolve_device(device), trainable_breakdown(model)
     record = {
         "name": spec.name,
         "label": spec.label,
@@ -104,8 +104,8 @@ def run_one(
         "options": dict(spec.options),
         "single_task": spec.single_task,
         "metrics": metrics,
-        "trainable": trainable_breakdown(model).trainable,
-        "breakdown": trainable_breakdown(model).to_dict(),
+        "trainable": breakdown.trainable,
+        "breakdown": breakdown.to_dict(),
         "steps": len(history.steps),
         "final_loss": history.steps[-1]["loss"],
         "images_per_s": history.images_per_s,
