@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 
+import huggingface_hub
 import pytest
+import timm
+import timm.models._hub as timm_hub
 import torch
+from safetensors.torch import save_file
 from timm.models.swin_transformer import SwinTransformer
 
+from mtlora_lite.course import backbones
 from mtlora_lite.course.backbones import (
     CARD_NAME,
     CHECKPOINT_NAME,
@@ -127,3 +134,100 @@ def test_bundled_checkpoint_loads_and_its_card_shows_a_benefit() -> None:
     assert card["device"] and card["sha256"] and card["heldout_metrics"]
     probe = card["probe"]["linear_probe"]
     assert all(probe["pretrained"][t] > probe["random"][t] for t in probe["random"])
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every host name fails to resolve, as on a machine without a network (nothing is sent)."""
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (no network in tests)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+
+
+def _count_downloads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record, for each hf_hub_download timm makes, whether it was restricted to the cache."""
+    calls: list[bool] = []
+    real = timm_hub.hf_hub_download
+
+    def counted(*args: object, **kwargs: object) -> str:
+        calls.append(bool(kwargs.get("local_files_only")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timm_hub, "hf_hub_download", counted)
+    return calls
+
+
+@pytest.mark.usefixtures("no_network")
+def test_pretrained_without_network_fails_at_once_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_downloads(monkeypatch)
+    tic = time.perf_counter()
+    with pytest.raises(
+        OSError, match=r"hub could not be reached.*pretrained=False.*HF_HUB_OFFLINE=1"
+    ):
+        load_backbone("test_vit", pretrained=True, cache_dir=tmp_path)
+    assert time.perf_counter() - tic < 10  # timm and the hub's retries alone took 55 s
+    assert calls == [True]  # looked in the cache, asked the hub once, never began the retries
+    assert timm_hub.hf_hub_download.__name__ == "counted"  # timm's function is put back
+
+
+@pytest.mark.usefixtures("no_network")
+def test_offline_mode_without_cached_weights_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1
+    tic = time.perf_counter()
+    with pytest.raises(OSError, match=r"HF_HUB_OFFLINE is set and they are not in the hub cache"):
+        load_backbone("test_vit", pretrained=True, cache_dir=tmp_path)
+    assert time.perf_counter() - tic < 10
+
+
+@pytest.mark.usefixtures("no_network")
+def test_cached_weights_load_without_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    weights = timm.create_model("test_vit", pretrained=False).state_dict()
+    cached = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(cached))
+
+    def from_cache(*args: object, local_files_only: bool = False, **kwargs: object) -> str:
+        assert local_files_only, "the hub was asked although the weights are cached"
+        return str(cached)
+
+    monkeypatch.setattr(timm_hub, "hf_hub_download", from_cache)
+    model = load_backbone("test_vit", pretrained=True)
+    assert torch.equal(model.patch_embed.proj.weight, weights["patch_embed.proj.weight"])
+
+
+def test_a_card_without_sha256_says_so(tmp_path: Path) -> None:
+    save_course_checkpoint(fp16_exact_model(), tmp_path)
+    card = json.loads((tmp_path / CARD_NAME).read_text())
+    del card["sha256"]
+    (tmp_path / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"the card .*course_swin\.json has no sha256 entry"):
+        load_backbone("course", checkpoint_dir=tmp_path)
+    (tmp_path / CARD_NAME).write_text('{"config": ')  # cut short
+    with pytest.raises(ValueError, match=r"course_swin\.json is not a readable checkpoint card"):
+        load_backbone("course", checkpoint_dir=tmp_path)
+
+
+def test_a_checkpoint_save_cut_short_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save_course_checkpoint(fp16_exact_model(seed=0), tmp_path)
+    good = path.read_bytes(), (tmp_path / CARD_NAME).read_text()
+
+    def cut_short(state: dict, filename: str) -> None:
+        Path(filename).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt  # a kill while the weights are written
+
+    monkeypatch.setattr(backbones, "save_file", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        save_course_checkpoint(fp16_exact_model(seed=1), tmp_path)
+    assert (path.read_bytes(), (tmp_path / CARD_NAME).read_text()) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CARD_NAME, CHECKPOINT_NAME]
+    load_backbone("course", checkpoint_dir=tmp_path)  # still the last good checkpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,3 +110,17 @@ def test_mixture_loaders() -> None:
     assert images.shape == (6, 3, 64, 64) and set(targets) == {"answer"}
     assert targets["answer"].shape == (6, 2) and targets["answer"].dtype == torch.int64
     assert len(val.dataset) == 12
+
+
+def test_seeds_outside_the_generators_range_are_refused() -> None:
+    # torch's CPU generator keeps only the low 32 bits: these seeds would repeat seed 0's scenes
+    for seed in (2**32, -(2**32), 1.0, True):
+        with pytest.raises(ValueError, match="seed must be"):
+            generate_scenes(1, seed)  # type: ignore[arg-type]
+    assert generate_scenes(1, 2**32 - 1)["image"].shape == (1, 3, 64, 64)  # the top of the range
+    with pytest.raises(ValueError, match=r"below 2147483648 .*2 \* seed \+ 1"):
+        make_loaders(["count"], n_train=4, n_val=4, seed=2**31, batch_size=2)  # scene seed 2**32
+    with pytest.raises(ValueError, match="seed must be"):
+        make_mixture_loaders(n_train=6, n_val=6, seed=-1, batch_size=2)
+    train, _ = make_loaders(["count"], n_train=4, n_val=4, seed=np.int64(2**31 - 1), batch_size=2)
+    assert len(train.dataset) == 4

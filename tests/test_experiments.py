@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import math
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from mtlora_lite.course import experiments
 from mtlora_lite.course.experiments import recipe, run_dense, run_mixture
 from mtlora_lite.course.records import RunResult, load_results
+from mtlora_lite.multitask.history import History
 
 
 def _smoke_dense(method: str, cache_dir: Path | None, **options: object) -> RunResult:
@@ -20,7 +26,7 @@ def _smoke_dense(method: str, cache_dir: Path | None, **options: object) -> RunR
         device="cpu",
         cache_dir=cache_dir,
         progress=False,
-        **options,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -73,3 +79,130 @@ def test_a_run_does_not_depend_on_earlier_random_state() -> None:
     torch.manual_seed(2)
     again = _smoke_dense("decoders", None)
     assert again.primary == first.primary and again.loss_curve == first.loss_curve
+
+
+class FakeFit:
+    """Stands in for ``fit`` (no training): records its calls and returns a one-step History."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, model: object, tasks: dict, *loaders: object, **kwargs: object) -> History:
+        self.calls.append(kwargs)
+        metrics = {t: {task.primary: 10.0 + len(self.calls)} for t, task in tasks.items()}
+        return History(
+            steps=[{"step": 1, "lr": kwargs["lr"], "loss": 1.0, "grad_norm": 1.0, "losses": {}}],
+            evals=[{"epoch": 1, "step": 1, "metrics": metrics}],
+            wall_time_s=0.1,
+        )
+
+
+@pytest.fixture
+def fake_fit(monkeypatch: pytest.MonkeyPatch) -> FakeFit:
+    fake = FakeFit()
+    monkeypatch.setattr(experiments, "fit", fake)
+    return fake
+
+
+def _entry(cache: Path) -> Path:
+    (path,) = cache.glob("*.json")
+    return path
+
+
+def test_an_unreadable_cache_entry_is_named_retrained_and_overwritten(
+    tmp_path: Path, fake_fit: FakeFit
+) -> None:
+    first = _smoke_dense("decoders", tmp_path)
+    path = _entry(tmp_path)
+    for damage in (path.read_text()[:100], '{"name": "decoders-semseg"}', "[1, 2]"):
+        path.write_text(damage)  # cut short by a kill, or fields missing, or not a record
+        with pytest.warns(
+            UserWarning,
+            match=rf"{path.name} is not a .*run record.*ignoring this cache entry, training the run again",
+        ):
+            again = _smoke_dense("decoders", tmp_path)
+        assert not again.cached
+        assert _smoke_dense("decoders", tmp_path).cached  # the new result replaced it
+    assert len(fake_fit.calls) == 4 and first.trainable == again.trainable
+
+
+@pytest.mark.parametrize(
+    ("err", "strerror"), [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left")]
+)
+def test_an_unwritable_cache_fails_before_training(
+    tmp_path: Path,
+    fake_fit: FakeFit,
+    monkeypatch: pytest.MonkeyPatch,
+    err: int,
+    strerror: str,
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(err, strerror)  # what a read-only or full folder answers
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match=rf"cannot write to {cache}: {strerror}.*cache_dir=None"):
+        _smoke_dense("decoders", cache)
+    assert not fake_fit.calls  # nothing was trained (and lost)
+    (tmp_path / "a-file").touch()
+    with pytest.raises(OSError, match=r"cannot write to .*a-file/cache"):  # a real unwritable path
+        _smoke_dense("decoders", tmp_path / "a-file" / "cache")
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left")])
+def test_a_write_cut_short_leaves_no_half_entry(
+    tmp_path: Path, fake_fit: FakeFit, monkeypatch: pytest.MonkeyPatch, fault: BaseException
+) -> None:
+    real = Path.write_bytes
+
+    def half_then_fault(self: Path, data: bytes) -> int:
+        real(self, data[: len(data) // 2])
+        raise fault  # a kill, or the disk filling up, in the middle of the record
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_fault)
+    if isinstance(fault, OSError):  # the disk filled up during training: the result survives
+        with pytest.warns(UserWarning, match="could not be cached.*No space left"):
+            result = _smoke_dense("decoders", tmp_path)
+        assert not result.cached and result.primary["semseg"] == 11.0
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            _smoke_dense("decoders", tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no half-written entry, no temporary file
+    monkeypatch.undo()
+    monkeypatch.setattr(experiments, "fit", fake_fit)
+    assert not _smoke_dense("decoders", tmp_path).cached  # trains again, no JSON error
+    assert _smoke_dense("decoders", tmp_path).cached
+
+
+def test_lr_method_tasks_and_seed_are_checked_before_training(fake_fit: FakeFit) -> None:
+    _smoke_dense("decoders", None, lr=1e-3)
+    _smoke_dense("decoders", None)
+    assert [c["lr"] for c in fake_fit.calls] == [1e-3, recipe("dense", "smoke").lr_for("decoders")]
+    for lr in (0.0, -1e-3, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"lr must be a finite number > 0.*lr=None"):
+            _smoke_dense("decoders", None, lr=lr)  # 0.0 no longer becomes the recipe's lr
+    with pytest.raises(ValueError, match=r"unknown method 'bogus'; choose one of \('full'"):
+        _smoke_dense("bogus", None)
+    with pytest.raises(ValueError, match=r"\['semseg'\] are named more than once"):
+        run_dense("full", ["semseg", "semseg"], profile="smoke", device="cpu", cache_dir=None)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        run_mixture("lora", profile="smoke", device="cpu", cache_dir=None, lr=0.0)
+    for seed in (-1, 2**31, 2**32 + 5, 1.0):
+        with pytest.raises(ValueError, match="seed must be"):
+            run_dense("decoders", ["semseg"], profile="smoke", seed=seed, cache_dir=None)
+        with pytest.raises(ValueError, match="seed must be"):
+            run_mixture("lora", profile="smoke", seed=seed, cache_dir=None)
+    assert len(fake_fit.calls) == 2
+    _smoke_dense("decoders", None, seed=np.int64(1))  # any integer type
+    assert fake_fit.calls[-1]["seed"] == 1
+
+
+def test_options_of_any_number_type_are_cached_like_plain_ones(
+    tmp_path: Path, fake_fit: FakeFit
+) -> None:
+    first = _smoke_dense("shared_lora", tmp_path, shared_rank=np.int64(2), dropout=np.float32(0.5))
+    assert first.options == {"shared_rank": 2, "dropout": 0.5}  # JSON: the run was recorded
+    assert _smoke_dense("shared_lora", tmp_path, shared_rank=2, dropout=0.5).cached  # same key
+    with pytest.raises(TypeError, match=r"must be JSON values.*cache_dir=None"):
+        _smoke_dense("shared_lora", tmp_path, shared_rank=2, task_rank=object())
+    assert len(fake_fit.calls) == 1  # refused before training, not after

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -11,6 +14,7 @@ from torch import nn
 
 from mtlora_lite.adapters.functional import dropout_mask
 from mtlora_lite.adapters.lora import (
+    TIMM_TARGETS,
     AdapterLayer,
     LoRALinear,
     adapter_layers,
@@ -21,6 +25,10 @@ from mtlora_lite.adapters.lora import (
     name_matches,
     unmerge_adapters,
 )
+from mtlora_lite.adapters.mtlora import MTLoRAConfig
+from mtlora_lite.adapters.multihead import inject_multihead_lora
+from mtlora_lite.adapters.swin import inject_mtlora
+from mtlora_lite.course.backbones import build_course_swin
 
 
 class TinyNet(nn.Module):
@@ -238,8 +246,6 @@ def test_timm_models(name: str, expected: int) -> None:
 
 
 def test_merge_refuses_before_touching_any_weight() -> None:
-    from mtlora_lite.adapters.multihead import inject_multihead_lora
-
     model = TinyNet()
     inject_lora(model, ["qkv"], rank=2)
     inject_multihead_lora(model, ["proj"], n_heads=2, rank=2)  # routed: input-dependent update
@@ -250,3 +256,65 @@ def test_merge_refuses_before_touching_any_weight() -> None:
         merge_adapters(model)
     assert not qkv.merged
     assert torch.equal(qkv.base_layer.weight, w0)
+
+
+@pytest.mark.parametrize("alpha", [0, -2.0, math.nan, math.inf, "8", True])
+def test_bad_alpha_is_refused_with_the_fix(alpha: object) -> None:
+    with pytest.raises(ValueError, match=r"alpha must be a (finite|positive) number"):
+        LoRALinear(nn.Linear(4, 4), rank=2, alpha=alpha)  # type: ignore[arg-type]
+    model = TinyNet()
+    with pytest.raises(ValueError, match="alpha"):
+        inject_lora(model, ["qkv"], rank=2, alpha=alpha)  # type: ignore[arg-type]
+    assert not adapter_layers(model)  # checked before the model was touched
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0, math.nan, True, "0.1"])
+def test_bad_dropout_is_refused(dropout: object) -> None:
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        inject_lora(TinyNet(), ["qkv"], rank=2, dropout=dropout)  # type: ignore[arg-type]
+
+
+def test_ranks_of_any_integer_type_but_not_floats() -> None:
+    lora = LoRALinear(nn.Linear(4, 4), rank=np.int64(2), alpha=np.float32(4.0))
+    assert type(lora.rank) is int and lora.scaling == 2.0
+    assert json.dumps(lora.adapter_config())  # plain Python numbers: saved as metadata
+    with pytest.raises(ValueError, match=r"rank must be a positive integer, got 2\.0.*e\.g\. 2"):
+        LoRALinear(nn.Linear(4, 4), rank=2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        inject_lora(TinyNet(), ["qkv"], rank=True)
+
+
+def _inject(kind: str, model: nn.Module) -> None:
+    """Adapters with dropout of each kind on every Linear of a small Swin."""
+    if kind == "lora":
+        inject_lora(model, TIMM_TARGETS, rank=2, dropout=0.5)
+    elif kind == "multihead":
+        inject_multihead_lora(model, TIMM_TARGETS, n_heads=2, rank=2, dropout=0.5)
+    else:
+        inject_mtlora(model, ["a", "b"], MTLoRAConfig(shared_rank=2, task_rank=2, dropout=0.5))
+
+
+@pytest.mark.parametrize("kind", ["lora", "multihead", "mtlora"])
+def test_injection_keeps_the_wrapped_layers_mode(kind: str) -> None:
+    torch.manual_seed(0)
+    model = build_course_swin(depths=(1, 1, 1, 1), num_classes=0).eval()
+    _inject(kind, model)
+    assert not any(m.training for m in model.modules())  # eval model -> adapters in eval too
+    randomize_b(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # no dropout in an eval model
+        model.train()
+        assert not torch.equal(model(x), model(x))  # and dropout is back in train mode
+    trained = build_course_swin(depths=(1, 1, 1, 1), num_classes=0).train()
+    _inject(kind, trained)
+    assert all(a.training for a in adapter_layers(trained).values())
+
+
+def test_one_extra_name_or_class_is_one_item() -> None:
+    model = TinyNet()
+    inject_lora(model, ["qkv"], rank=2)
+    mark_only_adapters_trainable(model, extra="head")  # not "h", "e", "a", "d"
+    assert model.head.weight.requires_grad and not model.block["proj"].weight.requires_grad
+    mark_only_adapters_trainable(model, extra=nn.LayerNorm)
+    assert model.block["norm"].weight.requires_grad and not model.head.weight.requires_grad

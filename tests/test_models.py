@@ -157,3 +157,31 @@ def test_builder_errors() -> None:
         build_model(timm.create_model("vit_small_patch16_224", device="meta"), TASKS, "decoders")
     with pytest.raises(ValueError, match="unique"):
         build_model(backbone(), [TASKS[0], TASKS[0]], "full")
+    with pytest.raises(ValueError, match="task list is empty"):
+        build_model(backbone(), [], "decoders")  # not a model that predicts {}
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.randn(3, 64, 64), r"add the batch dimension with images\.unsqueeze\(0\)"),
+        (torch.randn(2, 1, 3, 64, 64), r"must be a batch \(B, C, H, W\)"),
+        (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), r"floating point.*course\.data\.normalize"),
+        (torch.randn(0, 3, 64, 64), "empty batch"),
+        (torch.randn(2, 64, 64, 3), r"expects 3; channels-last.*permute\(0, 3, 1, 2\)"),
+        (torch.randn(2, 3, 32, 48), r"built for 64 x 64.*dynamic_img_size=True.*set_input_size"),
+    ],
+)
+def test_bad_inputs_get_the_fix(images: torch.Tensor, message: str) -> None:
+    model = build_model(backbone(), TASKS[:1], "decoders")
+    with pytest.raises(ValueError, match=message):
+        model(images)
+
+
+def test_other_sizes_work_with_a_dynamic_swin() -> None:
+    model = build_model(backbone(dynamic_img_size=True), TASKS, "decoders").eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 48))
+    assert out["seg"].shape == (1, 5, 32, 48) and out["count"].shape == (1, 4)
+    with pytest.raises(ValueError, match=r"not a multiple of the patch size \(4, 4\)"):
+        model(torch.randn(1, 3, 30, 48))

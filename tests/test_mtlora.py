@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -290,6 +291,8 @@ def test_save_load_round_trip(tmp_path) -> None:
             assert torch.equal(fa, fb)
     with pytest.raises(ValueError, match="configs differ"):
         load_adapters(mtlora_swin(task_rank=3), path)
+    with pytest.raises(ValueError, match="trained on another base model"):
+        load_adapters(mtlora_swin(seed=1), path)  # e.g. a randomly initialised backbone
 
 
 def test_non_square_inputs() -> None:
@@ -331,6 +334,49 @@ def test_clear_errors() -> None:
     with pytest.raises(ValueError, match="same names in the same order"):
         other_names(torch.randn(1, 3, 64, 64))
     assert "layers.0.blocks.0.attn.qkv" in linear_names(course_swin())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"scale": 0.0}, ValueError, "scale must be a finite number > 0"),
+        ({"scale": -4.0}, ValueError, "scale must be a finite number > 0"),
+        ({"scale": math.nan}, ValueError, "scale must be a finite number > 0"),
+        ({"scale": math.inf}, ValueError, "scale must be a finite number > 0"),
+        ({"alpha": math.nan}, ValueError, "alpha must be a finite number > 0"),
+        ({"alpha": 0}, ValueError, "alpha must be a finite number > 0"),
+        ({"shared_rank": 4.0}, ValueError, "ranks must be positive integers"),
+        ({"task_rank": {"seg": 2.0}}, ValueError, "ranks must be positive integers"),
+        ({"dropout": "0.05"}, ValueError, r"dropout must be in \[0, 1\)"),
+        ({"task_stages": 3}, TypeError, r"list or tuple .*task_stages=\(3,\)"),
+        ({"task_stages": (1.0,)}, ValueError, "a task stage must be an integer >= 0"),
+    ],
+)
+def test_config_refuses_bad_options(options: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        MTLoRAConfig(**options)
+
+
+def test_config_takes_integers_of_any_type() -> None:
+    cfg = MTLoRAConfig(
+        shared_rank=[np.int64(4), 4, 4, np.int32(8)],
+        task_rank=np.int64(2),
+        task_stages=[np.int64(3)],
+    )
+    assert cfg.shared_rank == (4, 4, 4, 8) and cfg.task_rank == 2 and cfg.task_stages == (3,)
+    swin = course_swin()
+    inject_mtlora(swin, TASKS, cfg)
+    assert swin.layers[3].blocks[-1].mlp.fc1.rank == 8
+    assert SwinTaskEncoder(swin, TASKS).task_stages == [3]
+
+
+def test_an_empty_task_list_is_refused() -> None:
+    with pytest.raises(ValueError, match="task list is empty"):
+        inject_mtlora(course_swin(), [])
+    with pytest.raises(ValueError, match="task list is empty"):
+        SwinTaskEncoder(course_swin(), [])
+    with pytest.raises(TypeError, match=r"pass \['seg'\]"):
+        SwinTaskEncoder(course_swin(), "seg")
 
 
 def test_default_config_is_official() -> None:

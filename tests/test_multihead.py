@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 from mtlora_lite.adapters.breakdown import count_parameters, trainable_breakdown
 from mtlora_lite.adapters.lora import LoRALinear, adapter_layers, mark_only_adapters_trainable
 from mtlora_lite.adapters.multihead import (
+    MultiHeadConfig,
     MultiHeadLoRALinear,
     inject_multihead_lora,
     inject_rank_matched_lora,
@@ -257,6 +259,32 @@ def test_clear_errors() -> None:
         inject_multihead_lora(nn.Sequential(lin), "0", n_heads=-1, rank=2)
     with pytest.raises(ValueError, match="no module matches"):
         inject_multihead_lora(nn.Sequential(lin), "qkv", n_heads=2, rank=2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("alpha", 0, "alpha must be a finite number > 0"),
+        ("alpha", -4.0, "alpha must be a finite number > 0"),
+        ("alpha", math.nan, "alpha must be a finite number > 0"),
+        ("alpha", math.inf, "alpha must be a finite number > 0"),
+        ("gamma", math.nan, "gamma must be a finite number > 0"),
+        ("n_heads", 2.0, r"n_heads must be a positive integer, got 2\.0"),
+        ("rank", True, "rank must be a positive integer"),
+        ("dropout", "0.1", r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_config_refuses_bad_numbers(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MultiHeadConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_config_takes_integers_of_any_type() -> None:
+    cfg = MultiHeadConfig(n_heads=np.int64(3), rank=np.int32(2), alpha=np.float64(4.0))
+    assert (type(cfg.n_heads), type(cfg.rank), type(cfg.alpha)) == (int, int, float)
+    assert cfg.scaling == 2.0
+    layer = MultiHeadLoRALinear(nn.Linear(4, 4), cfg)
+    assert layer.lora_B.shape == (4, 3, 2) and layer.adapter_config()["n_heads"] == 3
 
 
 def test_rank_matched_lora_has_rank_n_r_and_same_scale() -> None:

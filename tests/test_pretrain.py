@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from mtlora_lite.course.backbones import CARD_NAME, COURSE_SWIN_CONFIG, load_backbone
@@ -68,6 +69,22 @@ def test_scene_stream_is_seeded_and_disjoint_from_heldout() -> None:
     assert not torch.equal(batches[0][0], batches[2][0])
     heldout = normalize(generate_scenes(2, heldout_seed(5), PRETRAIN)["image"])
     assert not any(torch.equal(heldout, x) for x, _ in batches)
+
+
+def test_scene_streams_of_different_seeds_differ() -> None:
+    first = {
+        seed: next(iter(SceneStream(list(TASKS), batch_size=2, seed=seed, config=PRETRAIN)))[0]
+        for seed in (0, 1)
+    }
+    assert not torch.equal(first[0], first[1])  # (seed << 32) + b ignored the seed: same scenes
+    assert heldout_seed(0) != heldout_seed(1) and heldout_seed(1) < 2**32
+    # seed 0 keeps the scene seeds 1, 2, ... (held out: 0) of the bundled checkpoint
+    assert torch.equal(first[0], normalize(generate_scenes(32, 1, PRETRAIN)["image"][:2]))
+    assert heldout_seed(0) == 0
+    with pytest.raises(ValueError, match=r"seed must be below 4096"):
+        SceneStream(list(TASKS), batch_size=2, seed=4096, config=PRETRAIN)
+    with pytest.raises(ValueError, match=r"seed must be below 4096"):
+        pretrain(PretrainConfig(seed=2**40))
 
 
 def test_linear_heads_shapes() -> None:

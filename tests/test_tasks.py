@@ -53,6 +53,11 @@ def test_registry_channels_and_kinds() -> None:
     assert [t.out_channels for t in pre.values()] == [6, 5, 7, 16]
     with pytest.raises(ValueError, match="choose from"):
         build_tasks(["semseg", "segm"])
+    with pytest.raises(ValueError, match=r"tasks \['semseg'\] are named more than once"):
+        build_tasks(["semseg", "count", "semseg"])  # not silently one semseg
+    with pytest.raises(ValueError, match="no tasks given"):
+        build_tasks([])
+    assert list(build_tasks("semseg")) == ["semseg"]  # one name, not its letters
 
 
 def test_loss_rejects_wrong_head_shapes() -> None:

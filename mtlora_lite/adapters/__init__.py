@@ -4,6 +4,8 @@
 and dropout masks); ``blocks`` (LoRA on chosen blocks of a fused Linear: q / v of timm's qkv);
 ``multihead`` (HydraLoRA / R-LoRA); ``mtlora`` (MTLoRA's config and TA / TS layers) and ``swin``
 (MTLoRA on a timm Swin: injection, task streams, ``SwinTaskEncoder``); ``saving`` (adapter-only
-safetensors); ``peft`` (Hugging Face PEFT's LoRA folders, both ways); ``breakdown`` (exact
-parameter counts); ``heads`` (multi-head diagnostics). Nothing here imports ``mtlora_lite.multitask`` or ``mtlora_lite.course``.
+safetensors, checksummed); ``peft`` (Hugging Face PEFT's LoRA folders, both ways); ``breakdown``
+(exact parameter counts); ``heads`` (multi-head diagnostics); ``checks`` (numeric options at the
+API boundary) and ``atomic`` (files that are never half written). Nothing here imports
+``mtlora_lite.multitask`` or ``mtlora_lite.course``.
 """

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.checks import check_count, check_dropout, check_positive
 from mtlora_lite.adapters.functional import dropout_mask, fused_lora_linear
 
 Targets = str | Sequence[str] | re.Pattern[str]
@@ -26,9 +27,16 @@ Targets = str | Sequence[str] | re.Pattern[str]
 TIMM_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
+ALPHA_FIX = "alpha is the scale numerator (s = alpha / r); pass None for s = 1, or e.g. 2 * rank"
+
+
 def lora_scaling(rank: int, alpha: float | None = None, rslora: bool = False) -> float:
-    """The LoRA scale s = alpha / r, or alpha / sqrt(r) with ``rslora``; alpha defaults to r."""
-    alpha = float(rank if alpha is None else alpha)
+    """The LoRA scale s = alpha / r, or alpha / sqrt(r) with ``rslora``; alpha defaults to r.
+
+    ``rank`` must be a positive integer and ``alpha`` (if given) a finite number > 0.
+    """
+    rank = check_count(rank, "rank")
+    alpha = float(rank) if alpha is None else check_positive(alpha, "alpha", ALPHA_FIX)
     return alpha / (math.sqrt(rank) if rslora else rank)
 
 
@@ -99,10 +107,10 @@ class LoRALinear(AdapterLayer):
 
     Args:
         base_layer: the frozen layer to wrap (kept as is).
-        rank: r > 0, the rank of the update B A.
-        alpha: scale numerator; ``s = alpha / r`` (or ``alpha / sqrt(r)`` with ``rslora``).
-            Defaults to ``alpha = r``, i.e. s = 1.
-        dropout: dropout probability on the LoRA input only.
+        rank: r > 0, the rank of the update B A (any integer type, e.g. ``np.int64``).
+        alpha: scale numerator, finite and > 0; ``s = alpha / r`` (or ``alpha / sqrt(r)`` with
+            ``rslora``). Defaults to ``alpha = r``, i.e. s = 1.
+        dropout: dropout probability in [0, 1) on the LoRA input only.
         rslora: use the rank-stabilised scale ``alpha / sqrt(r)``.
 
     A starts kaiming-uniform and B at zero, so the wrapped layer initially equals the base layer.
@@ -119,13 +127,11 @@ class LoRALinear(AdapterLayer):
         rslora: bool = False,
     ) -> None:
         super().__init__(base_layer)
-        _check_rank(rank)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.rank = rank
+        self.scaling = lora_scaling(rank, alpha, rslora)  # checks rank and alpha
+        self.rank = rank = int(rank)  # np.int64 -> int, so that adapter_config is plain JSON
         self.alpha = float(rank if alpha is None else alpha)
         self.rslora = rslora
-        self.scaling = lora_scaling(rank, self.alpha, rslora)
+        self.dropout = check_dropout(dropout)  # p, on the LoRA input while training
         w = base_layer.weight
         self.lora_A = nn.Parameter(
             torch.empty(rank, self.in_features, device=w.device, dtype=w.dtype)
@@ -134,7 +140,6 @@ class LoRALinear(AdapterLayer):
             torch.zeros(self.out_features, rank, device=w.device, dtype=w.dtype)
         )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.dropout = dropout  # p, on the LoRA input while training
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in) -> (..., out)."""
@@ -169,11 +174,6 @@ class LoRALinear(AdapterLayer):
             f"rank={self.rank}, scaling={self.scaling:g}, dropout={self.dropout:g}, "
             f"merged={self.merged}"
         )
-
-
-def _check_rank(rank: int) -> None:
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -224,8 +224,10 @@ def inject_adapters(
 ) -> list[str]:
     """Replace every ``nn.Linear`` whose name matches ``targets`` by ``make(linear)``, in place.
 
-    Returns the replaced module paths. Raises ``ValueError`` if nothing matches (listing the
-    available Linear names), if a match is not an ``nn.Linear``, or if it already has an adapter.
+    Each adapter starts in the training mode of the layer it wraps (after ``model.eval()`` a new
+    adapter is in eval mode too, so its dropout is off). Returns the replaced module paths. Raises
+    ``ValueError`` if nothing matches (listing the available Linear names), if a match is not an
+    ``nn.Linear``, or if it already has an adapter.
     """
     matches = [(n, m) for n, m in model.named_modules() if n and name_matches(n, targets)]
     if not matches:
@@ -245,7 +247,7 @@ def inject_adapters(
     for name, module in matches:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(module))
+        setattr(parent, child, make(module).train(module.training))
     return [n for n, _ in matches]
 
 
@@ -260,9 +262,10 @@ def inject_lora(
     """Wrap the matching ``nn.Linear`` layers of ``model`` in ``LoRALinear`` (in place).
 
     Example: ``inject_lora(swin, ["qkv", "proj", "fc1", "fc2"], rank=8)``. See ``name_matches`` for
-    the target syntax. Returns the list of adapted module paths.
+    the target syntax and ``LoRALinear`` for the options. Returns the list of adapted module paths.
     """
-    _check_rank(rank)
+    lora_scaling(rank, alpha, rslora)  # check the options before touching the model
+    check_dropout(dropout)
     return inject_adapters(
         model,
         targets,
@@ -281,19 +284,22 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
 
 
 def mark_only_adapters_trainable(
-    model: nn.Module, extra: Sequence[str | type[nn.Module]] = ()
+    model: nn.Module,
+    extra: str | type[nn.Module] | Sequence[str | type[nn.Module]] = (),
 ) -> None:
     """Freeze every parameter except the adapters', then unfreeze the named ``extra`` parts.
 
     ``extra`` items are module or parameter names (matched like targets, e.g. ``"head"``,
-    ``"relative_position_bias_table"``) or module classes (e.g. ``nn.LayerNorm``). Each item must
-    match something; base layers inside adapters are never unfrozen by a class item.
+    ``"relative_position_bias_table"``) or module classes (e.g. ``nn.LayerNorm``); a single name
+    or class counts as one item. Each item must match something; base layers inside adapters are
+    never unfrozen by a class item.
     """
+    items = [extra] if isinstance(extra, str | type) else list(extra)
     model.requires_grad_(False)
     for adapter in adapter_layers(model).values():
         for _, p in adapter.adapter_parameters():
             p.requires_grad_(True)
-    for item in extra:
+    for item in items:
         found = False
         if isinstance(item, type):
             for _, module in _named_modules_outside_adapters(model):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.checks import check_count, check_dropout, check_positive
 from mtlora_lite.adapters.functional import lora_dropout
 from mtlora_lite.adapters.lora import LoRALinear, lora_scaling
 
@@ -39,13 +41,13 @@ class MTLoRAConfig:
     shared_rank: TA-LoRA rank, one int or one per stage.
     task_rank: TS-LoRA rank: an int, one per stage, or ``{task: int or per-stage list}`` naming
         every task.
-    scale: the official fixed multiplier s, the same at every rank (4.0).
-    alpha: if set, use the standard rule s = alpha / r for each branch instead of ``scale``
-        (``scaling``).
-    dropout: dropout on the low-rank inputs (0.05).
+    scale: the official fixed multiplier s, the same at every rank (4.0); finite and > 0.
+    alpha: if set (finite and > 0), use the standard rule s = alpha / r for each branch instead
+        of ``scale`` (``scaling``).
+    dropout: dropout in [0, 1) on the low-rank inputs (0.05).
     task_output: "official" (task outputs omit the shared update) or "with_shared" (they add it).
-    task_stages: stages whose last block gets TS-LoRA; None = every stage, () = none (plain
-        shared LoRA).
+    task_stages: stages whose last block gets TS-LoRA, a list or tuple such as (3,); None =
+        every stage, () = none (plain shared LoRA).
     train_patch_embed / train_norms / train_position_bias: keep the patch embedding, all
         LayerNorms (not timm's unused final norm) and relative-position bias tables trainable.
     merge_reduction: the patch-merging reductions are "trainable" (official), "frozen", or get
@@ -65,17 +67,20 @@ class MTLoRAConfig:
     merge_reduction: Literal["trainable", "frozen", "lora"] = "trainable"
 
     def __post_init__(self) -> None:
-        ranks = self.task_rank.values() if isinstance(self.task_rank, Mapping) else [self.task_rank]
-        for r in [self.shared_rank, *ranks]:
-            for v in [r] if isinstance(r, int) else r:
-                if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                    raise ValueError(f"ranks must be positive integers, got {r!r}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ValueError(
-                f"alpha must be positive (or None for the fixed scale), got {self.alpha}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        """Check every field; integers of any type (e.g. ``np.int64``) become ``int``, rank and
+        stage lists tuples."""
+        self.shared_rank = _ranks(self.shared_rank, "shared_rank")
+        if isinstance(self.task_rank, Mapping):
+            self.task_rank = {t: _ranks(r, f"task_rank[{t!r}]") for t, r in self.task_rank.items()}
+        else:
+            self.task_rank = _ranks(self.task_rank, "task_rank")
+        self.scale = check_positive(self.scale, "scale", "the official MTLoRA scale is 4.0")
+        if self.alpha is not None:
+            fix = "pass alpha=None to use the fixed scale, or e.g. alpha = 2 * rank"
+            self.alpha = check_positive(self.alpha, "alpha", fix)
+        self.dropout = check_dropout(self.dropout)
+        if self.task_stages is not None:
+            self.task_stages = _stages(self.task_stages)
         choices = {
             "task_output": ("official", "with_shared"),
             "merge_reduction": ("trainable", "frozen", "lora"),
@@ -87,6 +92,35 @@ class MTLoRAConfig:
     def scaling(self, rank: int) -> float:
         """s of a branch of rank r: the fixed ``scale``, or alpha / r when ``alpha`` is set."""
         return self.scale if self.alpha is None else lora_scaling(rank, self.alpha)
+
+
+def _ranks(value: object, name: str) -> int | tuple[int, ...]:
+    """One rank (an ``int``) or one per stage (a tuple of ``int``); else ``ValueError``."""
+    many = isinstance(value, Sequence) and not isinstance(value, str)
+    try:
+        return tuple(check_count(v, name) for v in value) if many else check_count(value, name)
+    except ValueError:
+        raise ValueError(
+            f"ranks must be positive integers, one or a list with one per stage; got "
+            f"{name}={value!r}"
+        ) from None
+
+
+def _stages(value: object) -> tuple[int, ...]:
+    """``task_stages`` as a tuple of stage indices; an int or a float gets the fix in the error."""
+    if (
+        isinstance(value, numbers.Number)
+        or not isinstance(value, Sequence)
+        or isinstance(value, str)
+    ):
+        raise TypeError(
+            f"task_stages must be a list or tuple of stage indices, got {value!r}; for one stage "
+            f"pass e.g. task_stages=({value!r},), for none task_stages=(), for all None"
+        )
+    try:
+        return tuple(check_count(i, "a task stage", minimum=0) for i in value)
+    except ValueError as err:
+        raise ValueError(f"task_stages={value!r}: {err}") from None
 
 
 class TaskLoRA(nn.Module):

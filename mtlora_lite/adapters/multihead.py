@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.checks import check_count, check_dropout, check_positive
 from mtlora_lite.adapters.functional import _compute_dtype, dropout_mask
 from mtlora_lite.adapters.lora import (
+    ALPHA_FIX,
     AdapterLayer,
     LoRALinear,
     Targets,
-    _check_rank,
     inject_adapters,
     lora_scaling,
 )
@@ -56,12 +57,13 @@ DROPOUT_MODES = ("per_head_ax", "shared", "per_head_x")
 
 @dataclass(frozen=True)
 class MultiHeadConfig:
-    """Multi-head LoRA hyper-parameters, checked once here.
+    """Multi-head LoRA hyper-parameters, checked once here (integers of any type become ``int``).
 
     n_heads: n >= 1 heads B_i. rank: r > 0, the rank of the shared A (and of each head).
-    alpha: scale numerator; ``s = alpha / r`` (``alpha / sqrt(r)`` with ``rslora``); default r.
-    dropout: dropout probability p, applied as ``dropout_mode`` says: "per_head_ax" (R-LoRA,
-        default), "shared" or "per_head_x" (module docstring).
+    alpha: scale numerator, finite and > 0; ``s = alpha / r`` (``alpha / sqrt(r)`` with
+        ``rslora``); default r.
+    dropout: dropout probability p in [0, 1), applied as ``dropout_mode`` says: "per_head_ax"
+        (R-LoRA, default), "shared" or "per_head_x" (module docstring).
     init: "rlora" (default), "rlora_centered" or "hydra".
     router: with a softmax router (default); ``False`` sums the heads (then ``merge`` works).
     rslora: use the rank-stabilised scale ``alpha / sqrt(r)``.
@@ -79,9 +81,15 @@ class MultiHeadConfig:
     gamma: float = 64.0
 
     def __post_init__(self) -> None:
-        _check_heads(self.n_heads, self.rank)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        checked = {
+            "n_heads": check_count(self.n_heads, "n_heads"),
+            "rank": check_count(self.rank, "rank"),
+            "alpha": None if self.alpha is None else check_positive(self.alpha, "alpha", ALPHA_FIX),
+            "dropout": check_dropout(self.dropout),
+            "gamma": check_positive(self.gamma, "gamma", "R-LoRA uses gamma = 64"),
+        }
+        for name, value in checked.items():  # plain Python numbers (frozen, so via object)
+            object.__setattr__(self, name, value)
         if self.dropout_mode not in DROPOUT_MODES:
             raise ValueError(
                 f"dropout_mode must be one of {DROPOUT_MODES}, got {self.dropout_mode!r}"
@@ -90,8 +98,6 @@ class MultiHeadConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.init == "rlora_centered" and self.n_heads < 2:
             raise ValueError("init='rlora_centered' needs n_heads >= 2 (one centred head is zero)")
-        if self.gamma <= 0:
-            raise ValueError(f"gamma must be positive, got {self.gamma}")
 
     @property
     def scaling(self) -> float:
@@ -321,12 +327,6 @@ class MultiHeadLoRALinear(AdapterLayer):
             f"router={self.has_router}, scaling={self.scaling:g}, dropout={self.dropout:g} "
             f"({self.dropout_mode}), merged={self.merged}"
         )
-
-
-def _check_heads(n_heads: int, rank: int) -> None:
-    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
-        raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
-    _check_rank(rank)
 
 
 def inject_multihead_lora(

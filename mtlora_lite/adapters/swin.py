@@ -75,8 +75,18 @@ def _task_ranks(config: MTLoRAConfig, tasks: Sequence[str], n: int) -> list[dict
 
 
 def check_task_names(tasks: Sequence[str]) -> list[str]:
-    """``tasks`` as a list; raises ``ValueError`` unless the names are unique and usable as keys."""
+    """``tasks`` as a list; raises ``ValueError`` unless there is at least one and the names are
+    unique and usable as keys."""
+    if isinstance(tasks, str):
+        raise TypeError(
+            f"tasks must be a list of task names, got the string {tasks!r}; pass [{tasks!r}]"
+        )
     tasks = list(tasks)
+    if not tasks:
+        raise ValueError(
+            "the task list is empty: a multi-task model needs at least one task (its outputs "
+            "would be {}); pass e.g. ['seg'] or a list of Task objects"
+        )
     bad = [t for t in tasks if not isinstance(t, str) or not t or "." in t]
     if bad or len(set(tasks)) != len(tasks):
         raise ValueError(f"task names must be unique, non-empty strings without '.', got {tasks}")

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
+from mtlora_lite.adapters.atomic import atomic_path, atomic_write
 from mtlora_lite.multitask.backbones import timm_backbone
 
 COURSE_SWIN_CONFIG: dict[str, Any] = {
@@ -82,14 +83,16 @@ def save_course_checkpoint(
         for k, v in model.state_dict().items()
     }
     path = out / CHECKPOINT_NAME
-    save_file(weights, str(path))
+    with atomic_path(path) as tmp:
+        save_file(weights, str(tmp))
+        digest = _sha256(tmp)
     full_card = {
         **(card or {}),
         "config": _jsonable_config(COURSE_SWIN_CONFIG),
         "dtype": str(dtype).removeprefix("torch."),
-        "sha256": _sha256(path),
+        "sha256": digest,
     }
-    (out / CARD_NAME).write_text(json.dumps(full_card, indent=2) + "\n")
+    atomic_write(out / CARD_NAME, json.dumps(full_card, indent=2) + "\n")
     return path
 
 
@@ -101,7 +104,19 @@ def load_course_card(folder: str | Path | None = None) -> dict[str, Any]:
             f"No checkpoint card at {path}. Create the course checkpoint with "
             "`python -m mtlora_lite.course.pretrain`, or point MTLORA_LITE_DATA at the folder holding it."
         )
-    return json.loads(path.read_text())
+    try:
+        card = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint card ({err}); {_RECREATE}") from err
+    if not isinstance(card, dict):
+        raise ValueError(f"{path} is not a checkpoint card (a JSON object); {_RECREATE}")
+    return card
+
+
+_RECREATE = (
+    "reinstall the package (or git checkout mtlora_lite/course/data) or re-create the checkpoint "
+    "with `python -m mtlora_lite.course.pretrain`"
+)
 
 
 def _load_course_weights(model: nn.Module, folder: Path) -> None:
@@ -119,12 +134,17 @@ def _load_course_weights(model: nn.Module, folder: Path) -> None:
             f"{_jsonable_config(COURSE_SWIN_CONFIG)}. Re-create the checkpoint with "
             "`python -m mtlora_lite.course.pretrain`."
         )
-    digest = _sha256(path)
-    if digest != card.get("sha256"):
+    expected = card.get("sha256")
+    if not isinstance(expected, str) or not expected:
         raise ValueError(
-            f"sha256 of {path} is {digest}, but its card says {card.get('sha256')}: the file is "
-            "corrupt or was replaced. Reinstall the package (or git checkout mtlora_lite/course/data) or re-create it with "
-            "`python -m mtlora_lite.course.pretrain`."
+            f"the card {folder / CARD_NAME} has no sha256 entry, so {path} cannot be checked; "
+            f"{_RECREATE} (it writes the card with the checksum)."
+        )
+    digest = _sha256(path)
+    if digest != expected:
+        raise ValueError(
+            f"sha256 of {path} is {digest}, but its card says {expected}: the file is corrupt or "
+            f"was replaced; {_RECREATE}."
         )
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     model.load_state_dict(state, strict=True)

@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from mtlora_lite.course.scenes import (
     DOWNSTREAM,
     IMAGE_LABELS,
+    SEED_LIMIT,
     SceneConfig,
+    check_seed,
     class_names,
     generate_scenes,
 )
@@ -30,6 +32,9 @@ MIXTURE_TASKS = IMAGE_LABELS
 CUE_WIDTH = 3  # pixels of the border that names the task of a mixture example
 _CUE_DASHED = {"count": False, "shape": False, "colour": True}
 _CUE_VALUE = {"count": 255, "shape": 0, "colour": 255}
+# Loaders draw scenes with seeds 2 * seed and 2 * seed + 1, so their seed must be below this.
+LOADER_SEED_LIMIT = SEED_LIMIT // 2
+_LOADER_WHY = " and the loaders draw scenes with seeds 2 * seed and 2 * seed + 1"
 
 
 _MEAN, _STD = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
@@ -124,7 +129,7 @@ class MixtureDataset(Dataset):
         config: SceneConfig = DOWNSTREAM,
     ) -> None:
         layout, n = mixture_layout(tasks, config), len(scenes["image"])
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(check_seed(seed))
         self.task = torch.randperm(n, generator=g) % len(tasks)
         answers = torch.stack([scenes[t] + layout[t][0] for t in tasks])  # (T, n)
         self.answer = answers.gather(0, self.task[None])[0]
@@ -166,10 +171,11 @@ def make_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders of ``SceneDataset``s.
 
-    Scenes use seeds 2 * seed (train) and 2 * seed + 1 (validation), so they never coincide;
-    training batches are shuffled by a generator seeded with ``seed`` and the last partial
+    Scenes use seeds 2 * seed (train) and 2 * seed + 1 (validation), so they never coincide
+    (``seed`` in [0, 2**31)); training batches are shuffled by a generator seeded with ``seed`` and the last partial
     batch is dropped.
     """
+    seed = check_seed(seed, LOADER_SEED_LIMIT, _LOADER_WHY)
     train = SceneDataset(generate_scenes(n_train, 2 * seed, config), tasks)
     val = SceneDataset(generate_scenes(n_val, 2 * seed + 1, config), tasks)
     return _loaders(train, val, seed, batch_size, num_workers)
@@ -186,6 +192,7 @@ def make_mixture_loaders(
     num_workers: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders of ``MixtureDataset``s (scene seeds as in ``make_loaders``)."""
+    seed = check_seed(seed, LOADER_SEED_LIMIT, _LOADER_WHY)
     train = MixtureDataset(
         generate_scenes(n_train, 2 * seed, config), tasks, seed=2 * seed, config=config
     )

@@ -13,6 +13,13 @@ by everything that defines the run (recipe, method, options, tasks, seed, device
 of the backbone checkpoint and the package version, bumped when results change). A cached result
 is a real measurement of exactly that run, made earlier (notebook 03 reuses the single-task
 references notebook 02 measured); delete the folder or pass ``cache_dir=None`` to measure again.
+
+What the cache guarantees: an entry is written atomically after its run (a crash or a full disk
+leaves the previous entry or none, never half of one); before a run trains, the cache folder is
+checked to be writable (an ``OSError`` naming it, with the fix, instead of losing the run after
+training); an entry that cannot be read (cut short, edited, wrong fields) is named in a warning,
+trained again and overwritten; and if writing still fails after training (the disk filled up
+meanwhile), a warning says so and the result is returned anyway.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import numbers
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +37,28 @@ from typing import Any
 from torch import nn
 
 from mtlora_lite import __version__
+from mtlora_lite.adapters.checks import check_positive
 from mtlora_lite.adapters.heads import router_statistics
 from mtlora_lite.adapters.lora import TIMM_TARGETS, inject_lora, mark_only_adapters_trainable
 from mtlora_lite.adapters.multihead import inject_multihead_lora
 from mtlora_lite.course.backbones import load_backbone, load_course_card
-from mtlora_lite.course.data import make_loaders, make_mixture_loaders
-from mtlora_lite.course.records import RunResult, read_record, run_record, write_record
+from mtlora_lite.course.data import (
+    LOADER_SEED_LIMIT,
+    make_loaders,
+    make_mixture_loaders,
+)
+from mtlora_lite.course.records import (
+    RunResult,
+    check_writable,
+    read_record,
+    run_record,
+    write_record,
+)
 from mtlora_lite.course.scene_tasks import build_tasks
+from mtlora_lite.course.scenes import check_seed
 from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder
-from mtlora_lite.multitask.models import build_model
+from mtlora_lite.multitask.models import METHODS, build_model
 from mtlora_lite.multitask.train import fit
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature
@@ -55,7 +76,12 @@ class Recipe:
     lr: tuple[tuple[str, float], ...]
 
     def lr_for(self, method: str) -> float:
-        return dict(self.lr)[method]
+        table = dict(self.lr)
+        if method not in table:
+            raise ValueError(
+                f"the recipe has no learning rate for {method!r}; it has {list(table)}"
+            )
+        return table[method]
 
 
 _LR = (
@@ -117,17 +143,70 @@ def _key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with integer and real scalars of any type (e.g. ``np.int64``) as Python numbers,
+    so that options are JSON (the cache key and the record) and equal options give equal keys."""
+    if isinstance(value, bool | str) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+CACHE_FIX = "pass cache_dir=None to train without the cache, or cache_dir=<a writable folder>"
+
+
 def _cached_run(
     spec: dict[str, Any], cache_dir: str | Path | None, train: Callable[[], RunResult]
 ) -> RunResult:
-    """``train()`` unless a result for exactly ``spec`` is in ``cache_dir``."""
-    path = Path(cache_dir) / f"{spec['name']}-{_key(spec)}.json" if cache_dir else None
-    if path is not None and path.exists():
-        return read_record(path)
+    """``train()`` unless a result for exactly ``spec`` is in ``cache_dir`` (module docstring:
+    what the cache guarantees)."""
+    if not cache_dir:
+        return train()
+    try:
+        json.dumps(spec)  # what write_record will do after training
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"a run's options must be JSON values (numbers, strings, lists, dicts) to be cached: "
+            f"{err}; pass them as such, or cache_dir=None to train without the cache"
+        ) from err
+    path = Path(cache_dir) / f"{spec['name']}-{_key(spec)}.json"
+    if path.exists():
+        try:
+            return read_record(path)
+        except (OSError, ValueError) as err:
+            warnings.warn(
+                f"{err}: ignoring this cache entry, training the run again (the new result "
+                "will replace it)",
+                stacklevel=3,
+            )
+    check_writable(path.parent, CACHE_FIX)  # before training, not after
     result = train()
-    if path is not None:
+    try:
         write_record(result, path, spec=spec)
+    except OSError as err:
+        warnings.warn(
+            f"the run finished but could not be cached ({err}); its result is returned, not "
+            "recorded",
+            stacklevel=3,
+        )
     return result
+
+
+def _check_run(seed: object, lr: float | None, rec: Recipe, method: str) -> tuple[int, float]:
+    """The seed and learning rate of a run, checked before anything trains: the seed in
+    [0, 2**31) (the loaders' scene seeds are 2 * seed and 2 * seed + 1), ``lr`` finite and > 0,
+    or None for the recipe's."""
+    seed = check_seed(seed, LOADER_SEED_LIMIT, " and the scene seeds are 2 * seed and 2 * seed + 1")
+    if lr is None:
+        return seed, rec.lr_for(method)
+    return seed, check_positive(lr, "lr", "pass lr=None for the recipe's learning rate")
 
 
 def _train(
@@ -169,7 +248,7 @@ def _train(
 
 def run_dense(
     method: str,
-    tasks: Sequence[str] = DENSE_TASKS,
+    tasks: str | Sequence[str] = DENSE_TASKS,
     *,
     profile: str = "course",
     seed: int = 0,
@@ -184,10 +263,16 @@ def run_dense(
 
     ``method`` is "full", "decoders", "shared_lora" or "mtlora" (``multitask.models``); one task
     with "full" is single-task fine-tuning. Features are the raw stage maps (strides 4-32, better
-    suited to 64 x 64 scenes than the official merged maps) with ``DECODER_CHANNELS``.
+    suited to 64 x 64 scenes than the official merged maps) with ``DECODER_CHANNELS``. ``lr``
+    (finite, > 0) replaces the recipe's learning rate; ``seed`` is in [0, 2**31).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    build_tasks(tasks)  # unknown, duplicate or no tasks: refused before anything trains
     rec = recipe("dense", profile)
-    lr = lr or rec.lr_for(method)
+    seed, lr = _check_run(seed, lr, rec, method)
+    options = _plain(options)
     name = name or f"{method}-{'+'.join(tasks)}"
     spec = _spec("dense", name, seed, rec, lr, options, device, method=method, tasks=list(tasks))
 
@@ -236,18 +321,19 @@ def run_mixture(
     ``dropout_mode``, ``router``) on qkv / proj / fc1 / fc2, with head similarity recorded every
     ``similarity_every`` steps and router statistics per task at the end. ``adapter="lora"``: one
     plain LoRA of rank ``n_heads * rank`` (rank-matched). The head over the union answer space is
-    trained too; the rest of the backbone is frozen.
+    trained too; the rest of the backbone is frozen. ``lr`` (finite, > 0) replaces the recipe's
+    learning rate; ``seed`` is in [0, 2**31).
     """
     if adapter not in ("multihead", "lora"):
         raise ValueError(f"adapter must be 'multihead' or 'lora', got {adapter!r}")
     rec = recipe("mixture", profile)
-    lr = lr or rec.lr_for(adapter)
+    seed, lr = _check_run(seed, lr, rec, adapter)
     heads = dict(n_heads=n_heads, init=init, dropout_mode=dropout_mode, router=router)
-    options: dict[str, Any] = dict(
-        rank=rank, dropout=dropout, **(heads if adapter == "multihead" else {})
+    options: dict[str, Any] = _plain(
+        dict(rank=rank, dropout=dropout, **(heads if adapter == "multihead" else {}))
     )
     if adapter == "lora":
-        options["rank"] = n_heads * rank
+        options["rank"] = _plain(n_heads * rank)
     name = name or adapter
     spec = _spec(
         "mixture",
@@ -258,7 +344,7 @@ def run_mixture(
         options,
         device,
         adapter=adapter,
-        similarity_every=similarity_every,
+        similarity_every=_plain(similarity_every),
     )
 
     def train() -> RunResult:

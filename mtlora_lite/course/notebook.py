@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlora_lite.adapters.atomic import atomic_path, atomic_write
 from mtlora_lite.course.records import RunResult
 
 RESULTS_FILE = "results.json"
@@ -72,10 +73,10 @@ def environment_report(device: torch.device) -> str:
 
 
 def save_figure(fig: Any, out_dir: str | Path, name: str, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as ``out_dir/name.png`` and return the path."""
+    """Save a matplotlib figure as ``out_dir/name.png`` (atomically) and return the path."""
     path = Path(out_dir) / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -91,15 +92,15 @@ def _check_finite(value: Any, where: str) -> None:
 
 
 def save_results(results: Mapping[str, Any], out_dir: str | Path) -> Path:
-    """Write ``results`` (JSON-serialisable, finite numbers) to ``out_dir/results.json``.
+    """Write ``results`` (JSON-serialisable, finite numbers) to ``out_dir/results.json``,
+    atomically: a crash or a full disk leaves the previous file (or none), never half of one.
 
     By convention ``results["headline"]`` holds the few numbers ``make course`` prints per notebook.
     """
     _check_finite(results, "results")
-    path = Path(out_dir) / RESULTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-    return path
+    return atomic_write(
+        Path(out_dir) / RESULTS_FILE, json.dumps(results, indent=2, sort_keys=False) + "\n"
+    )
 
 
 def time_forward(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import itertools
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from mtlora_lite.adapters.atomic import atomic_write
 from mtlora_lite.course.backbones import (
     CARD_NAME,
     build_course_swin,
@@ -36,7 +36,14 @@ from mtlora_lite.course.backbones import (
 )
 from mtlora_lite.course.data import SceneDataset, make_loaders, normalize
 from mtlora_lite.course.scene_tasks import build_tasks
-from mtlora_lite.course.scenes import DOWNSTREAM, PRETRAIN, SceneConfig, generate_scenes
+from mtlora_lite.course.scenes import (
+    DOWNSTREAM,
+    PRETRAIN,
+    SEED_LIMIT,
+    SceneConfig,
+    check_seed,
+    generate_scenes,
+)
 from mtlora_lite.multitask.backbones import feature_channels
 from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
 from mtlora_lite.multitask.tasks import Task, primary_metrics
@@ -112,31 +119,47 @@ class LinearHeads(nn.Module):
         return out
 
 
+BLOCK_BITS = 20  # scene seed = (seed << BLOCK_BITS) + block: 2**20 blocks per pretraining seed
+PRETRAIN_SEED_LIMIT = SEED_LIMIT >> BLOCK_BITS  # so that scene seeds stay below 2**32 (4096 seeds)
+
+
 class SceneStream:
     """Endless batches of fresh scenes, ``(images (B, 3, H, W), {task: target})``.
 
     Scenes are rendered ``block`` batches at a time; block b = 1, 2, ... uses scene seed
-    (seed << 32) + b, so the stream never repeats and never meets ``heldout_seed(seed)``.
+    (seed << 20) + b, so the stream never repeats and never meets ``heldout_seed(seed)``, and
+    streams of different seeds never meet: scene seeds stay below 2**32, the bits torch's
+    generator keeps (``seed`` below 4096, at most 2**20 - 1 blocks). Seed 0 gives the scene
+    seeds 1, 2, ... (held out: 0) that the bundled checkpoint was pretrained with.
     """
 
     def __init__(
         self, tasks: list[str], batch_size: int, seed: int, config: SceneConfig, block: int = 16
     ) -> None:
-        self.tasks, self.batch_size, self.seed = tasks, batch_size, seed
+        self.tasks, self.batch_size, self.seed = tasks, batch_size, _check_pretrain_seed(seed)
         self.config, self.block = config, block
 
     def __iter__(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
         n = self.block * self.batch_size
-        for b in itertools.count(1):
-            scenes = generate_scenes(n, (self.seed << 32) + b, self.config)
+        for b in range(1, 1 << BLOCK_BITS):
+            scenes = generate_scenes(n, (self.seed << BLOCK_BITS) + b, self.config)
             for i in range(0, n, self.batch_size):
                 part = slice(i, i + self.batch_size)
                 yield normalize(scenes["image"][part]), {t: scenes[t][part] for t in self.tasks}
+        raise RuntimeError(
+            f"SceneStream used all 2**{BLOCK_BITS} - 1 blocks of scene seeds of seed {self.seed} "
+            f"({n * ((1 << BLOCK_BITS) - 1):,} scenes); pretrain for fewer steps or a larger block"
+        )
+
+
+def _check_pretrain_seed(seed: object) -> int:
+    why = f" and pretraining puts 2**{BLOCK_BITS} blocks of scenes under each seed"
+    return check_seed(seed, PRETRAIN_SEED_LIMIT, why)
 
 
 def heldout_seed(seed: int) -> int:
     """Scene seed of the held-out PRETRAIN set (never used by ``SceneStream``)."""
-    return seed << 32
+    return _check_pretrain_seed(seed) << BLOCK_BITS
 
 
 def _mean(values: list[float]) -> float:
@@ -162,6 +185,7 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain the course Swin, save it to ``out_dir`` (default ``data_dir()``); return its card."""
     cfg = cfg or PretrainConfig()
+    _check_pretrain_seed(cfg.seed)  # before anything is built or seeded
     dev = resolve_device(device)
     tasks = build_tasks(cfg.tasks, PRETRAIN)
     seed_everything(cfg.seed)
@@ -197,7 +221,7 @@ def pretrain(
         "data": {
             "scene_config": dataclasses.asdict(PRETRAIN),
             "images_seen": cfg.steps * cfg.batch_size,
-            "train_scene_seeds": "(seed << 32) + b for block b = 1, 2, ...",
+            "train_scene_seeds": f"(seed << {BLOCK_BITS}) + b for block b = 1, 2, ...",
             "block_size": stream.block * cfg.batch_size,
             "heldout_scene_seed": heldout_seed(cfg.seed),
             "n_heldout": cfg.n_val,
@@ -307,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         results = probe(out, device=args.device)
         card = load_course_card(out)
         card["probe"] = results
-        (out / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+        atomic_write(out / CARD_NAME, json.dumps(card, indent=2) + "\n")
     else:
         cfg = dataclasses.replace(
             defaults, steps=args.steps, batch_size=args.batch_size, seed=args.seed, n_val=args.n_val

@@ -5,7 +5,10 @@
     runs = load_results("outputs/cache")
 
 A record carries each task's primary metric *name* and direction with its value, so tables and
-the run explorer (``course.widgets``) work for runs of your own tasks too.
+the run explorer (``course.widgets``) work for runs of your own tasks too. Records are written
+atomically (a crash leaves the old file or none); ``read_record`` raises ``ValueError`` naming
+the file for anything that is not a complete record, and ``load_results`` skips such files with
+a warning that names them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import tempfile
+import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from mtlora_lite.adapters.atomic import atomic_write
 from mtlora_lite.adapters.breakdown import trainable_breakdown
 from mtlora_lite.multitask.history import History
 from mtlora_lite.multitask.tasks import Task, primary_metrics
@@ -94,22 +102,87 @@ def run_record(
 
 
 def write_record(result: RunResult, path: str | Path, **extra: Any) -> Path:
-    """Write ``result`` (and ``extra`` top-level entries, e.g. the run's spec) as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**dataclasses.asdict(result), **extra}, indent=1))
-    return path
+    """Write ``result`` (and ``extra`` top-level entries, e.g. the run's spec) as JSON, atomically."""
+    return atomic_write(path, json.dumps({**dataclasses.asdict(result), **extra}, indent=1))
+
+
+def check_writable(folder: str | Path, fix: str = "") -> Path:
+    """Create ``folder`` if needed and write, sync and delete a small probe file in it, so that a
+    read-only or full folder fails before a long run, not after it. Returns the folder.
+
+    Raises ``OSError`` (its errno kept) naming the folder, followed by ``fix``.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-check.") as probe:
+            probe.write(bytes(4096))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        message = f"cannot write to {folder}: {err.strerror or err}" + (f"; {fix}" if fix else "")
+        raise OSError(err.errno, message) from err
+    return folder
+
+
+def _json_types(hint: Any) -> tuple[type, ...] | None:
+    """The JSON types a field of type ``hint`` may hold (None: anything)."""
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return (int, float)
+    return (origin,) if isinstance(origin, type) and origin is not Any else None
 
 
 def read_record(path: str | Path) -> RunResult:
-    """A ``RunResult`` from a file written by ``write_record`` (marked ``cached``)."""
-    stored = json.loads(Path(path).read_text())
-    fields = {f.name for f in dataclasses.fields(RunResult)}
+    """A ``RunResult`` from a file written by ``write_record`` (marked ``cached``).
+
+    Raises ``ValueError`` naming the file if it is not JSON (e.g. cut short by a crash), lacks a
+    field of ``RunResult`` or holds one of the wrong type.
+    """
+    path = Path(path)
+    try:
+        stored = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a readable run record (invalid JSON: {err})") from err
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} is not a run record: a JSON {type(stored).__name__}, not object")
+    hints = typing.get_type_hints(RunResult)
+    fields = {f.name: f for f in dataclasses.fields(RunResult)}
+    no_default = dataclasses.MISSING
+    required = [
+        n for n, f in fields.items() if f.default is no_default and f.default_factory is no_default
+    ]
+    missing = [n for n in required if n not in stored]
+    wrong = [
+        f"{n} ({type(stored[n]).__name__})"
+        for n in fields
+        if n in stored and (kinds := _json_types(hints[n])) and not isinstance(stored[n], kinds)
+    ]
+    curve = stored.get("loss_curve", [])
+    if not wrong and not all(isinstance(p, list) and len(p) == 2 for p in curve):
+        wrong.append("loss_curve (not a list of (step, loss) pairs)")
+    if missing or wrong:
+        raise ValueError(f"{path} is not a complete run record: missing {missing}, wrong {wrong}")
     stored = {k: v for k, v in stored.items() if k in fields}
-    stored["loss_curve"] = [tuple(p) for p in stored["loss_curve"]]
+    stored["loss_curve"] = [tuple(p) for p in curve]
     return RunResult(**{**stored, "cached": True})
 
 
 def load_results(folder: str | Path = "outputs/cache") -> list[RunResult]:
-    """Every run recorded in ``folder`` (for explorers and summaries), sorted by file name."""
-    return [read_record(path) for path in sorted(Path(folder).glob("*.json"))]
+    """Every run recorded in ``folder`` (for explorers and summaries), sorted by file name.
+
+    Files that are not readable records are skipped, with one warning that names them.
+    """
+    runs, bad = [], []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            runs.append(read_record(path))
+        except (OSError, ValueError) as err:
+            bad.append(str(err))
+    if bad:
+        warnings.warn(
+            f"skipped {len(bad)} unreadable file(s) in {folder}: {'; '.join(bad)}. Delete them, "
+            "or run the notebook that made them again to record those runs anew.",
+            stacklevel=2,
+        )
+    return runs

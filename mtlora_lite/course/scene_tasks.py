@@ -149,15 +149,22 @@ def _make_task(name: str, config: SceneConfig, mixture_tasks: Sequence[str]) -> 
 
 
 def build_tasks(
-    names: Sequence[str],
+    names: str | Sequence[str],
     config: SceneConfig = DOWNSTREAM,
     mixture_tasks: Sequence[str] = MIXTURE_TASKS,
 ) -> dict[str, Task]:
     """The tasks ``names`` for scenes drawn with ``config``, keyed by name, in the given order.
 
-    ``mixture_tasks`` sets the union answer space of the "answer" task (see ``mixture_layout``).
+    ``names`` is one name or a list of distinct names (at least one). ``mixture_tasks`` sets the
+    union answer space of the "answer" task (see ``mixture_layout``).
     """
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError(f"no tasks given; choose at least one from {list(TASK_NAMES)}")
     unknown = [n for n in names if n not in TASK_NAMES]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"tasks {repeated} are named more than once in {names}; name each once")
     return {name: _make_task(name, config, mixture_tasks) for name in names}

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtlora_lite.adapters.checks import check_count
 from mtlora_lite.course.primitives import PRIMITIVES, TEXTURES, intersect, rotation
 
 CAMERA_Z = 2.5  # rays start on the plane z = CAMERA_Z; depth = distance from that plane
@@ -52,6 +53,9 @@ SHADOW_COS = 0.25  # "shadowed body" part: normal . light below this
 PART_NAMES = ("background", "top", "lit body", "shadowed body")
 DENSE_LABELS = ("semseg", "parts", "saliency", "normals", "depth", "edges")
 IMAGE_LABELS = ("count", "shape", "colour")
+# torch's CPU generator (a Mersenne Twister) keeps only the low 32 bits of a seed: seeds 2**32
+# apart, and -1 and 2**32 - 1, draw the same numbers. Scene seeds must therefore be below this.
+SEED_LIMIT = 2**32
 
 
 RGB = tuple[float, float, float]
@@ -289,8 +293,26 @@ def _render(p: dict[str, Tensor], cfg: SceneConfig, out: dict[str, Tensor]) -> N
 _CHUNK = 1024  # scenes rendered at once (bounds the ray caster's memory)
 
 
+def check_seed(seed: object, limit: int = SEED_LIMIT, why: str = "") -> int:
+    """``seed`` as an ``int`` if it is an integer in [0, ``limit``), else ``ValueError``.
+
+    ``limit`` is at most ``SEED_LIMIT``: torch's generator keeps only the low 32 bits of a seed,
+    so a larger or negative seed would silently repeat the data of another seed. ``why`` says
+    where a smaller limit comes from.
+    """
+    seed = check_count(seed, "seed", minimum=0)
+    if seed >= limit:
+        raise ValueError(
+            f"seed must be below {limit} (2**{limit.bit_length() - 1}), got {seed}: torch's "
+            f"generator keeps only the low 32 bits of a seed{why}, so this seed would repeat "
+            "the data of a smaller one. Pass a seed in that range."
+        )
+    return seed
+
+
 def generate_scenes(n: int, seed: int, config: SceneConfig = DOWNSTREAM) -> dict[str, Tensor]:
-    """Render ``n`` scenes; the same ``seed`` and ``config`` give bit-identical tensors.
+    """Render ``n`` scenes; the same ``seed`` (in [0, 2**32), ``check_seed``) and ``config`` give
+    bit-identical tensors.
 
     Returns "image" (n, 3, H, W) uint8; "semseg", "parts" (n, H, W) int64; "saliency",
     "depth", "edges" (n, H, W) float32; "normals" (n, 3, H, W) float32; "count", "shape",
@@ -298,7 +320,7 @@ def generate_scenes(n: int, seed: int, config: SceneConfig = DOWNSTREAM) -> dict
     """
     if n < 1:
         raise ValueError(f"n must be a positive number of scenes, got {n}")
-    params = _sample(n, config, torch.Generator().manual_seed(seed))
+    params = _sample(n, config, torch.Generator().manual_seed(check_seed(seed)))
     size = config.image_size
     out = {
         "image": torch.empty(n, 3, size, size, dtype=torch.uint8),

@@ -64,6 +64,8 @@ class MultiTaskNet(nn.Module):
         return self.encoder.tasks
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """images (B, 3, H, W), float and normalised -> {task: prediction} (class docstring)."""
+        check_images(images, self.encoder.backbone)
         feats = self.encoder(images)
         size = images.shape[-2:]
         return {task: self.decoders[task](feats[task], size) for task in self.tasks}
@@ -80,6 +82,59 @@ class MultiTaskNet(nn.Module):
             "merge reductions": "downsample.reduction",
         }
         return {g: targets for g, targets in groups.items() if targets}
+
+
+def check_images(images: object, swin: nn.Module) -> None:
+    """Raise ``ValueError`` (``TypeError`` for a non-tensor) with the fix unless ``images`` is a
+    non-empty float batch (B, C, H, W) with the channels and a size the timm Swin accepts.
+
+    Shape and dtype checks only, so it costs nothing next to the forward pass.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor (B, 3, H, W), got {type(images).__name__}")
+    shape = tuple(images.shape)
+    if images.ndim == 3:
+        raise ValueError(
+            f"images must be a batch (B, C, H, W), got one image of shape {shape}; add the batch "
+            "dimension with images.unsqueeze(0) (or images[None])"
+        )
+    if images.ndim != 4:
+        raise ValueError(f"images must be a batch (B, C, H, W), got shape {shape}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be floating point and normalised, got dtype {images.dtype}; uint8 "
+            "scenes (course.scenes.generate_scenes) go through mtlora_lite.course.data.normalize, "
+            "other images e.g. images.float() / 255 then your mean / std"
+        )
+    if shape[0] == 0:
+        raise ValueError(f"images is an empty batch (shape {shape}); pass at least one image")
+    embed = swin.patch_embed
+    channels = embed.proj.in_channels
+    if shape[1] != channels:
+        hint = (
+            "; channels-last images (B, H, W, C) become (B, C, H, W) with "
+            "images.permute(0, 3, 1, 2)"
+            if shape[-1] == channels
+            else ""
+        )
+        raise ValueError(
+            f"images have {shape[1]} channels (shape {shape}), the backbone expects "
+            f"{channels}{hint}"
+        )
+    size, patch = shape[-2:], tuple(embed.patch_size)
+    if embed.img_size is not None and embed.strict_img_size and size != tuple(embed.img_size):
+        raise ValueError(
+            f"images are {size[0]} x {size[1]}, but the backbone was built for "
+            f"{embed.img_size[0]} x {embed.img_size[1]}: resize them, or make the Swin accept "
+            "other sizes: build it with dynamic_img_size=True (e.g. load_backbone(..., "
+            "dynamic_img_size=True)) or call its set_input_size(img_size=(H, W)) before "
+            "build_model"
+        )
+    if not getattr(embed, "dynamic_img_pad", False) and (size[0] % patch[0] or size[1] % patch[1]):
+        raise ValueError(
+            f"images are {size[0]} x {size[1]}, not a multiple of the patch size {patch}: "
+            "resize or pad them to a multiple of it"
+        )
 
 
 def build_model(
