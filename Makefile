@@ -1,14 +1,17 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make course   create .venv if missing, install, execute every notebook (PROFILE=smoke for a quick pass)
 #   make test     create .venv if missing, install, run the tests (notebooks included, smoke profile)
+#   make paper DATA=/path/to/PASCAL_MT [RECIPE=paper-quick|paper|fixture]   the MTLoRA paper's table
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= course
 DEVICE ?= auto
 STAMP := $(VENV)/.installed
+RECIPE ?= paper-quick
+DATA ?=
 
-.PHONY: install course test lint format bench clean
+.PHONY: install course test lint format bench paper clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +36,9 @@ format: install
 
 bench: install
 	$(PY) benchmarks/bench.py --device $(DEVICE)
+
+paper: install
+	$(PY) -m mtlora_lite.multitask.paper --recipe $(RECIPE) --device $(DEVICE) $(if $(DATA),--data $(DATA))
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,219 @@
+"""The paper command: recipes as published, the table beside the paper's, and the whole command
+end to end on the fixture on a CPU (checkpoints, log, resume, reload)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mtlora_lite.adapters.lora import name_matches
+from mtlora_lite.multitask.evaluation import evaluate, seed_everything
+from mtlora_lite.multitask.history import Callback
+from mtlora_lite.multitask.models import build_model
+from mtlora_lite.multitask.paper import main, run_one, run_recipe
+from mtlora_lite.multitask.paper_io import load_trained, loaders
+from mtlora_lite.multitask.paper_recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
+from mtlora_lite.multitask.paper_table import (
+    HIGHER_IS_BETTER,
+    PAPER,
+    markdown,
+    paper_delta_m,
+    table_rows,
+)
+from mtlora_lite.multitask.pascal import DOWNLOAD_URL, TASKS
+from mtlora_lite.multitask.pascal_fixture import write_pascal_fixture
+from mtlora_lite.multitask.pascal_tasks import pascal_tasks
+from mtlora_lite.multitask.tasks import delta_m
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pascal_fixture(tmp_path_factory.mktemp("pascal") / "PASCAL_MT", n=6)
+
+
+@pytest.fixture(scope="module")
+def done(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole fixture recipe, every run, through the command line."""
+    out = tmp_path_factory.mktemp("paper") / "fixture"
+    assert main(["--recipe", "fixture", "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_the_paper_recipe_is_the_published_schedule() -> None:
+    paper = RECIPES["paper"]
+    assert (paper.epochs, paper.warmup_epochs, paper.batch_size, paper.img_size) == (
+        300,
+        20,
+        32,
+        448,
+    )
+    assert paper.lr == pytest.approx(3.125e-5) and paper.min_lr == 0.01
+    assert (paper.weight_decay, paper.grad_clip, paper.amp, paper.pretrained) == (
+        0.05,
+        5.0,
+        True,
+        True,
+    )
+    assert paper.backbone == "swin_tiny_patch4_window7_224" and "estimate" in paper.estimate
+    swin = paper.replace(pretrained=False).build_backbone()  # no download
+    assert swin.patch_embed.img_size == (448, 448)
+    assert swin.layers[-1].blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)  # drop path
+    quick = RECIPES["paper-quick"]
+    assert quick.lr == paper.lr and quick.epochs < paper.epochs
+    assert paper.replace(epochs=None, max_steps=3).max_steps == 3  # None: keep the recipe's
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        paper.replace(epochs=10)
+
+
+def test_no_weight_decay_names_every_relative_position_table() -> None:
+    recipe = RECIPES["fixture"]
+    model = build_model(recipe.build_backbone(), pascal_tasks(), "mtlora")
+    tables = [n for n, p in model.named_parameters() if "relative_position_bias_table" in n]
+    assert tables and all(name_matches(n, NO_WEIGHT_DECAY) for n in tables)
+    assert not name_matches("encoder.backbone.layers.0.blocks.0.attn.qkv.lora_A", NO_WEIGHT_DECAY)
+
+
+def test_runs_cover_the_paper_table() -> None:
+    singles = [r for r in RUNS.values() if r.single_task]
+    assert [r.tasks for r in singles] == [(t,) for t in TASKS]
+    assert {r.options.get("shared_rank") for r in RUNS.values() if r.method == "mtlora"} == {
+        16,
+        32,
+        64,
+    }
+    assert {"mtl-full", "decoders", "shared-lora"} <= set(RUNS) and len(RUNS) == 10
+
+
+def test_paper_delta_m_follows_from_its_per_task_numbers() -> None:
+    for name in ("decoders", "mtlora-r16", "mtlora-r32", "mtlora-r64"):
+        row = {t: PAPER[name][t] for t in TASKS}
+        computed = delta_m(row, PAPER["single"], HIGHER_IS_BETTER)
+        assert computed == pytest.approx(PAPER[name]["delta_m"], abs=0.02)  # rounding only
+    assert paper_delta_m("mtl-full") == pytest.approx(2.45, abs=0.01)
+    assert paper_delta_m("shared-lora") == -2.17 and paper_delta_m("unknown") is None
+
+
+def _record(name: str, tasks: tuple[str, ...], values: dict[str, float]) -> dict:
+    metrics = {t: {"mIoU": values[t], "maxF": 50.0, "mean_angle": values[t]} for t in tasks}
+    return {
+        **{"name": name, "label": name, "tasks": list(tasks), "metrics": metrics},
+        **{"single_task": len(tasks) == 1, "trainable": 2_000_000, "device_hours": 0.5},
+    }
+
+
+def test_table_rows_measure_delta_m_against_our_single_task_runs() -> None:
+    refs = {"semseg": 60.0, "human_parts": 50.0, "sal": 40.0, "normals": 20.0}
+    records = {f"single-{t}": _record(f"single-{t}", (t,), refs) for t in TASKS}
+    better = {"semseg": 66.0, "human_parts": 50.0, "sal": 40.0, "normals": 18.0}  # +10 %, +10 %
+    records["mtlora-r64"] = _record("MTLoRA r=64", TASKS, better)
+    single, mtlora = table_rows(records)
+    assert single["Δm %"] == 0.0 and single["trainable M"] == pytest.approx(8.0)
+    assert single["device-hours"] == pytest.approx(2.0)
+    assert mtlora["Δm %"] == pytest.approx((10 + 0 + 0 + 10) / 4)
+    assert mtlora["Δm % (paper)"] == 2.55 and mtlora["trainable M (paper)"] == 8.34
+    assert mtlora["semseg mIoU (paper)"] == 67.90
+    records["single-normals"]["metrics"]["normals"]["mean_angle"] = 0.0  # undefined change
+    assert table_rows(records)[-1]["Δm %"] is None
+    del records["single-sal"]  # no reference for saliency: no Delta_m
+    assert table_rows(records)[-1]["Δm %"] is None
+    records["semseg-only"] = _record("semseg only", ("semseg",), better) | {"single_task": False}
+    assert table_rows(records)[-1]["Δm %"] == pytest.approx(10.0)  # on its own tasks
+    text = markdown(table_rows(records), "title", ["a note"])
+    assert text.startswith("# title\n\n- a note\n") and "| model | semseg mIoU | paper |" in text
+    assert "| — |" in text
+
+
+def test_without_data_the_command_says_what_to_download(capsys, tmp_path: Path) -> None:
+    assert main(["--recipe", "paper-quick", "--out", str(tmp_path)]) == 2
+    assert DOWNLOAD_URL in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "JPEGImages" in err and DOWNLOAD_URL in err
+    assert not list(tmp_path.iterdir())  # nothing written, nothing downloaded
+    assert main(["--recipe", "paper", "--epochs", "10", "--out", str(tmp_path)]) == 2
+    assert "warmup_epochs" in capsys.readouterr().err  # 20 warm-up epochs do not fit in 10
+
+
+def test_the_fixture_recipe_runs_end_to_end(done: Path) -> None:
+    results = json.loads((done / "results.json").read_text())
+    assert list(results["runs"]) == list(RUNS)
+    for name, record in results["runs"].items():
+        assert set(record["metrics"]) == set(RUNS[name].tasks)
+        values = [v for m in record["metrics"].values() for v in m.values()]
+        assert values and all(math.isfinite(v) for v in values)
+        assert record["trainable"] > 0 and record["steps"] == 4  # 2 epochs of 2 batches
+        run_dir = done / "runs" / name
+        lines = [json.loads(s) for s in (run_dir / "log.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in lines if e["event"] == "step"] == [1, 2, 3, 4]
+        assert lines[-1]["event"] == "result"
+    assert len(results["table"]) == 7  # the single-task row and six multi-task models
+    assert all(row["Δm %"] is not None for row in results["table"])
+    text = (done / "results.md").read_text()
+    assert "MTLoRA r=64" in text and "8.34" in text and "plumbing check" in text
+    assert json.loads((done / "recipe.json").read_text())["name"] == "fixture"
+
+
+def test_checkpoints_hold_the_trained_parts_only(done: Path) -> None:
+    saved = load_file(str(done / "runs/mtlora-r16/checkpoint.safetensors"))
+    model_keys = [k for k in saved if k.startswith("model/")]
+    assert any("lora_A" in k for k in model_keys) and any("decoders" in k for k in model_keys)
+    assert any("running_mean" in k for k in model_keys)  # the decoders' BatchNorm statistics
+    assert not [k for k in model_keys if "base_layer.weight" in k]  # never the frozen backbone
+    full = load_file(str(done / "runs/mtl-full/checkpoint.safetensors"))
+    assert any("base_layer" not in k and "qkv.weight" in k for k in full)  # full FT: all of it
+
+
+def test_a_second_call_reads_finished_runs_back(done: Path, data: Path) -> None:
+    results = run_recipe(RECIPES["fixture"], data, done, ["mtlora-r16"], progress=False)
+    assert results["runs"]["mtlora-r16"]["cached"] is True
+    with pytest.raises(ValueError, match="another recipe"):
+        run_recipe(RECIPES["fixture"].replace(epochs=3), data, done, progress=False)
+
+
+def test_load_trained_rebuilds_the_evaluated_model(done: Path, data: Path) -> None:
+    recipe, spec = RECIPES["fixture"], RUNS["mtlora-r32"]
+    seed_everything(recipe.seed)
+    model = build_model(
+        recipe.build_backbone(), pascal_tasks(spec.tasks), spec.method, **spec.options
+    )
+    load_trained(model, done / "runs" / spec.name)
+    _, val = loaders(data, recipe, spec.tasks)
+    metrics = evaluate(model, pascal_tasks(spec.tasks), val, device="cpu")
+    record = json.loads((done / "runs" / spec.name / "result.json").read_text())
+    for task, values in record["metrics"].items():
+        for key, value in values.items():
+            assert metrics[task][key] == pytest.approx(value, rel=1e-4, abs=1e-4)
+    other = build_model(recipe.build_backbone(), pascal_tasks(spec.tasks), "mtlora", shared_rank=8)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_trained(other, done / "runs" / spec.name)
+
+
+class Interrupt(Callback):
+    def on_step_end(self, step: int, model: torch.nn.Module, logs: dict) -> None:
+        if step == 3:  # after the checkpoint of epoch 1
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(data: Path, tmp_path: Path) -> None:
+    recipe, spec = RECIPES["fixture"], RUNS["mtlora-r16"]
+    seed_everything(recipe.seed)
+    backbone = recipe.build_backbone()
+    whole = run_one(spec, recipe, data, tmp_path / "whole", backbone, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_one(
+            spec, recipe, data, tmp_path / "cut", backbone, progress=False, callbacks=[Interrupt()]
+        )
+    assert not (tmp_path / "cut/runs" / spec.name / "result.json").exists()
+    resumed = run_one(spec, recipe, data, tmp_path / "cut", backbone, progress=False)
+    assert resumed["steps"] == whole["steps"] == 4 and not resumed["cached"]
+    log = [json.loads(s) for s in (tmp_path / "cut/runs" / spec.name / "log.jsonl").open()]
+    assert [e["event"] for e in log].count("fit_start") == 2
+    assert [e["step"] for e in log if e["event"] == "step"] == [1, 2, 3, 3, 4]  # from epoch 1
+    for task, values in whole["metrics"].items():
+        for key, value in values.items():
+            assert resumed["metrics"][task][key] == pytest.approx(value, rel=1e-4, abs=1e-4)
