@@ -12,11 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from mtlora_lite.adapters.lora import name_matches
+from mtlora_lite.adapters.saving import load_adapters
 from mtlora_lite.multitask.evaluation import evaluate, seed_everything
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
 from mtlora_lite.multitask.paper import main, run_one, run_recipe
-from mtlora_lite.multitask.paper_io import load_trained, loaders
+from mtlora_lite.multitask.paper_io import loaders
 from mtlora_lite.multitask.paper_recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
 from mtlora_lite.multitask.paper_table import (
     HIGHER_IS_BETTER,
@@ -175,13 +176,13 @@ def test_a_second_call_reads_finished_runs_back(done: Path, data: Path) -> None:
         run_recipe(RECIPES["fixture"].replace(epochs=3), data, done, progress=False)
 
 
-def test_load_trained_rebuilds_the_evaluated_model(done: Path, data: Path) -> None:
+def test_the_saved_adapters_rebuild_the_evaluated_model(done: Path, data: Path) -> None:
     recipe, spec = RECIPES["fixture"], RUNS["mtlora-r32"]
     seed_everything(recipe.seed)
     model = build_model(
         recipe.build_backbone(), pascal_tasks(spec.tasks), spec.method, **spec.options
     )
-    load_trained(model, done / "runs" / spec.name)
+    load_adapters(model, done / "runs" / spec.name / "adapters.safetensors")
     _, val = loaders(data, recipe, spec.tasks)
     metrics = evaluate(model, pascal_tasks(spec.tasks), val, device="cpu")
     record = json.loads((done / "runs" / spec.name / "result.json").read_text())
@@ -189,8 +190,8 @@ def test_load_trained_rebuilds_the_evaluated_model(done: Path, data: Path) -> No
         for key, value in values.items():
             assert metrics[task][key] == pytest.approx(value, rel=1e-4, abs=1e-4)
     other = build_model(recipe.build_backbone(), pascal_tasks(spec.tasks), "mtlora", shared_rank=8)
-    with pytest.raises(ValueError, match="does not fit"):
-        load_trained(other, done / "runs" / spec.name)
+    with pytest.raises(ValueError, match="adapter configs differ"):
+        load_adapters(other, done / "runs" / spec.name / "adapters.safetensors")
 
 
 class Interrupt(Callback):

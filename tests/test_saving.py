@@ -251,3 +251,25 @@ def test_a_save_cut_short_keeps_the_old_file(
         save_adapters(trained, path)
     assert path.read_bytes() == good and list(tmp_path.iterdir()) == [path]
     load_adapters(make_model(seed=2), path)  # still the last good save
+
+
+def test_trainable_modules_keep_their_statistics(tmp_path: Path) -> None:
+    """A trained BatchNorm's running mean / variance travel with its weights."""
+
+    def model_with_norm() -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2))
+        inject_lora(model, ["0"], rank=2)
+        mark_only_adapters_trainable(model, extra=["1", "2"])
+        return model
+
+    trained = model_with_norm().train()
+    for _ in range(3):
+        trained(torch.randn(16, 4) * 3 + 1)  # moves the running statistics
+    save_adapters(trained, tmp_path / "a.safetensors")
+    fresh = model_with_norm()
+    load_adapters(fresh, tmp_path / "a.safetensors")
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(fresh[1], name), getattr(trained[1], name)), name
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(fresh.eval()(x), trained.eval()(x))

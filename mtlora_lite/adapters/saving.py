@@ -41,8 +41,9 @@ def adapter_state_dict(model: nn.Module, include_trainable: bool = True) -> dict
     """Adapter parameters and buffers by full name, plus every other trainable parameter.
 
     With ``include_trainable`` (default) parameters outside adapters that have ``requires_grad``
-    (task heads, norms you unfroze) are included, so the file restores the whole fine-tuned model
-    on top of the same pretrained base.
+    (task heads, decoders, norms you unfroze) are included, and so are the persistent buffers of
+    the modules that own them (a decoder's BatchNorm statistics), so the file restores the whole
+    fine-tuned model on top of the same pretrained base.
     """
     state: dict[str, Tensor] = {}
     for path, adapter in adapter_layers(model).items():
@@ -51,9 +52,17 @@ def adapter_state_dict(model: nn.Module, include_trainable: bool = True) -> dict
             if not name.startswith("base_layer."):
                 state[f"{path}.{name}"] = t.detach()
     if include_trainable:
-        for name, p in model.named_parameters():
-            if p.requires_grad and name not in state:
-                state[name] = p.detach()
+        persistent = model.state_dict(keep_vars=True).keys()
+        for mod_name, module in model.named_modules():
+            own = list(module.named_parameters(recurse=False))
+            if not any(p.requires_grad for _, p in own):
+                continue
+            prefix = f"{mod_name}." if mod_name else ""
+            trained = [(n, p) for n, p in own if p.requires_grad]
+            for name, t in [*trained, *module.named_buffers(recurse=False)]:
+                full = prefix + name
+                if full in persistent and full not in state:
+                    state[full] = t.detach()
     return state
 
 

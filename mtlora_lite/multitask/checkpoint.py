@@ -1,8 +1,8 @@
 """Training checkpoints: what ``fit`` needs to resume, in one safetensors file written atomically.
 
-The file holds only what training changes (``training_state``: the parameters that train and
-the buffers of the modules that own them, e.g. a decoder's BatchNorm statistics and R-LoRA's
-offsets; never the frozen backbone), the optimizer's per-parameter state, and the torch RNG
+The file holds only what training changes (``adapter_state_dict``: the adapters, the parameters
+that train and the buffers of the modules that own them, e.g. a decoder's BatchNorm statistics;
+never the frozen backbone), the optimizer's per-parameter state, and the torch RNG
 states as tensors; its metadata holds the epoch, step, schedule position and the History so far.
 
     save_checkpoint(path, model, optimizer, scheduler, progress)
@@ -19,26 +19,13 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
-from torch import Tensor, nn
+from torch import nn
 
 from mtlora_lite.adapters.atomic import atomic_path
-from mtlora_lite.adapters.lora import AdapterLayer
+from mtlora_lite.adapters.saving import adapter_state_dict
 
 FORMAT = "mtlora_lite.checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
-
-
-def training_state(model: nn.Module) -> dict[str, Tensor]:
-    """The tensors training changes, by full name: a module's own parameters and buffers when
-    one of its own parameters trains, and every adapter's own parameters and buffers."""
-    state = {}
-    for mod_name, module in model.named_modules():
-        own = dict(module.named_parameters(recurse=False))
-        if isinstance(module, AdapterLayer) or any(p.requires_grad for p in own.values()):
-            for name, t in [*own.items(), *module.named_buffers(recurse=False)]:
-                if t is not None:
-                    state[f"{mod_name}.{name}" if mod_name else name] = t
-    return state
 
 
 def save_checkpoint(
@@ -51,7 +38,7 @@ def save_checkpoint(
     """Write model state, optimizer state, RNG states and ``progress`` (JSON-serialisable: epoch,
     step, History, ...) to ``path`` in one atomic step."""
     names = {id(p): n for n, p in model.named_parameters()}
-    tensors = {f"model/{k}": v.detach() for k, v in training_state(model).items()}
+    tensors = {f"model/{k}": v.detach() for k, v in adapter_state_dict(model).items()}
     for p, state in optimizer.state.items():
         for key, value in state.items():
             tensors[f"optim/{names[id(p)]}/{key}"] = torch.as_tensor(value).detach()
@@ -90,7 +77,7 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} cannot be read ({err}); {fix}") from err
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a training checkpoint of fit ({FORMAT}); {fix}")
-    state = training_state(model)
+    state = adapter_state_dict(model)
     ours = {k.removeprefix("model/"): v for k, v in saved.items() if k.startswith("model/")}
     both = ours.keys() & state.keys()
     wrong = sorted(

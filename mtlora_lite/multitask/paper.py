@@ -14,12 +14,15 @@ what to download; the fixture recipe writes its own tiny archive). Under ``--out
     runs/<run>/checkpoint.safetensors  ``fit``'s checkpoint after every epoch: the trained parts
                                        only (adapters, decoders, trainable norms, and their
                                        buffers; never the frozen backbone), optimizer, schedule
+    runs/<run>/adapters.safetensors    the trained model's parts (``save_adapters``: checksummed,
+                                       with the base's fingerprint); ``load_adapters`` puts them
+                                       back into a model built as the run built it
     runs/<run>/log.jsonl               JSON lines: fit starts, steps, the evaluation, the result
     runs/<run>/result.json             the finished run: metrics, trainable parameters, hours
     results.json, results.md           the table, ours beside the paper's (``paper_table``)
 
 Calling it again resumes: finished runs are read back, an interrupted one continues after its last
-saved epoch. ``paper_io.load_trained`` puts a run's trained parts back into a freshly built model.
+saved epoch.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from torch import nn
 
 from mtlora_lite.adapters.atomic import atomic_write
 from mtlora_lite.adapters.breakdown import trainable_breakdown
+from mtlora_lite.adapters.saving import save_adapters
 from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
@@ -116,6 +120,7 @@ def run_one(
         "recipe": recipe.name,
     }
     if rank == 0:
+        save_adapters(model, run_dir / "adapters.safetensors")
         log.write("result", **{k: record[k] for k in ("metrics", "trainable", "seconds")})
         atomic_write(done, json.dumps(record, indent=2) + "\n")
     return {**record, "cached": False}

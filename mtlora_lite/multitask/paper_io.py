@@ -1,5 +1,5 @@
-"""What the paper command reads and writes besides the table: the data loaders of a recipe, the
-JSON log of a run (``JsonLog``), and a run's trained parts back into a model (``load_trained``).
+"""What the paper command reads and writes besides the table: the data loaders of a recipe and
+the JSON log of a run (``JsonLog``).
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mtlora_lite.multitask.checkpoint import CHECKPOINT_NAME, training_state
 from mtlora_lite.multitask.history import Callback, Metrics
 from mtlora_lite.multitask.paper_recipes import Recipe
 from mtlora_lite.multitask.pascal import PascalContext
@@ -74,27 +72,3 @@ class JsonLog(Callback):
 
     def on_eval_end(self, epoch: int, model: nn.Module, metrics: Metrics) -> None:
         self.write("eval", epoch=epoch, metrics=metrics)
-
-
-def load_trained(model: nn.Module, run_dir: str | Path) -> None:
-    """Load the trained parts saved in ``run_dir/checkpoint.safetensors`` into ``model``, built
-    as the run built it (same recipe backbone, method and options). Raises ``ValueError`` if
-    the tensors differ."""
-    path = Path(run_dir) / CHECKPOINT_NAME
-    saved = {
-        k.removeprefix("model/"): v
-        for k, v in load_file(str(path)).items()
-        if k.startswith("model/")
-    }
-    state = training_state(model)
-    wrong = sorted(saved.keys() ^ state.keys()) + [
-        k for k in saved.keys() & state.keys() if saved[k].shape != state[k].shape
-    ]
-    if wrong:
-        raise ValueError(
-            f"{path} does not fit this model ({len(wrong)} tensors differ, e.g. {wrong[0]!r}): "
-            "build it as the run did"
-        )
-    with torch.no_grad():
-        for name, value in saved.items():
-            state[name].copy_(value)
