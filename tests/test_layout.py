@@ -4,6 +4,7 @@ top-level API holds library names only, and the installed package carries its ch
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -37,7 +38,7 @@ def _imported_rooms(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("room", ROOMS)
 def test_imports_point_one_way(room: str) -> None:
-    modules = sorted((PACKAGE / room).glob("*.py"))
+    modules = sorted((PACKAGE / room).rglob("*.py"))
     assert modules, f"mtlora_lite/{room}/ has no modules"
     broken = {
         str(m.relative_to(ROOT)): sorted(_imported_rooms(m) & FORBIDDEN[room]) for m in modules
@@ -64,8 +65,11 @@ def test_wheel_carries_the_course_checkpoint(tmp_path: Path) -> None:
     """A non-editable install finds the checkpoint: the wheel holds it as package data, and the
     package loads it from an unpacked copy outside the repository."""
     pytest.importorskip("setuptools")
+    src = tmp_path / "src"  # a clean copy: an old build/ folder in the checkout could leak in
+    skip = shutil.ignore_patterns(".*", "build", "outputs", "*.egg-info", "__pycache__", "wt")
+    shutil.copytree(ROOT, src, ignore=skip)
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-    subprocess.run([*build, "-w", str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)
+    subprocess.run([*build, "-w", str(tmp_path), str(src)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("mtlora_lite-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())

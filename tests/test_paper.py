@@ -16,19 +16,18 @@ from mtlora_lite.adapters.saving import load_adapters
 from mtlora_lite.multitask.evaluation import evaluate, seed_everything
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.paper import main, run_one, run_recipe
-from mtlora_lite.multitask.paper_io import loaders
-from mtlora_lite.multitask.paper_recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
-from mtlora_lite.multitask.paper_table import (
+from mtlora_lite.multitask.paper.recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
+from mtlora_lite.multitask.paper.run import loaders, main, run_one, run_recipe
+from mtlora_lite.multitask.paper.table import (
     HIGHER_IS_BETTER,
     PAPER,
     markdown,
     paper_delta_m,
     table_rows,
 )
-from mtlora_lite.multitask.pascal import DOWNLOAD_URL, TASKS
-from mtlora_lite.multitask.pascal_fixture import write_pascal_fixture
-from mtlora_lite.multitask.pascal_tasks import pascal_tasks
+from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, TASKS
+from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
+from mtlora_lite.multitask.pascal.tasks import pascal_tasks
 from mtlora_lite.multitask.tasks import delta_m
 
 

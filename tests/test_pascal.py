@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from scipy.io import loadmat
 
-from mtlora_lite.multitask.pascal import (
+from mtlora_lite.multitask.pascal.data import (
     DOWNLOAD_URL,
     HUMAN_PARTS,
     IGNORE,
@@ -22,8 +22,8 @@ from mtlora_lite.multitask.pascal import (
     PascalContext,
     read_edges,
 )
-from mtlora_lite.multitask.pascal_fixture import CONTEXT, SIZES, write_pascal_fixture
-from mtlora_lite.multitask.pascal_transforms import Augment, PascalTransform, warp
+from mtlora_lite.multitask.pascal.fixture import CONTEXT, SIZES, write_pascal_fixture
+from mtlora_lite.multitask.pascal.transforms import Augment, PascalTransform, warp
 
 
 @pytest.fixture(scope="module")

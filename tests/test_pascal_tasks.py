@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 
 from mtlora_lite.multitask.evaluation import evaluate
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.pascal import IGNORE, TASKS, PascalContext
-from mtlora_lite.multitask.pascal_fixture import write_pascal_fixture
-from mtlora_lite.multitask.pascal_tasks import (
+from mtlora_lite.multitask.pascal.data import IGNORE, TASKS, PascalContext
+from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
+from mtlora_lite.multitask.pascal.tasks import (
     LOSS_WEIGHTS,
     SaliencyMetric,
     SegmentationIoU,
@@ -23,7 +23,7 @@ from mtlora_lite.multitask.pascal_tasks import (
     saliency_loss,
     segmentation_loss,
 )
-from mtlora_lite.multitask.pascal_transforms import PascalTransform
+from mtlora_lite.multitask.pascal.transforms import PascalTransform
 from mtlora_lite.multitask.tasks import NormalsMetric
 from mtlora_lite.multitask.train import fit
 

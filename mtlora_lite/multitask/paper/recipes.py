@@ -13,7 +13,7 @@ Recipes (``RECIPES``):
 * ``paper-quick``: the same with 10 epochs (1 of warm-up): every run of the table in about an
   hour on one H100 (an estimate: see ``Recipe.estimate``); far from converged, so expect lower
   numbers than the paper's, but the same command and code path.
-* ``fixture``: a plumbing check on ``pascal_fixture`` data: a tiny random Swin (no download) at
+* ``fixture``: a plumbing check on ``pascal.fixture`` data: a tiny random Swin (no download) at
   64 x 64, batch 2, 2 epochs, on a CPU in well under a minute per run. Its numbers mean nothing.
 
 Drop path is a property of the timm backbone (``drop_path_rate``, rising linearly from 0 in the
@@ -34,7 +34,7 @@ from typing import Any
 from torch import nn
 
 from mtlora_lite.multitask.backbones import timm_backbone
-from mtlora_lite.multitask.pascal import TASKS
+from mtlora_lite.multitask.pascal.data import TASKS
 
 NO_WEIGHT_DECAY = "relative_position_bias_table"  # besides every 1-D parameter
 

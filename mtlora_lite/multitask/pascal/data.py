@@ -19,7 +19,7 @@ The package never downloads it. Extracted, it holds (``<id>`` as in ``2008_00000
 
 ``PascalContext(root, split, tasks, transform)`` yields one sample per id: without a transform a
 dict of numpy arrays at the image's own size (``load_sample``), with
-``pascal_transforms.PascalTransform`` the tensors a model trains on.
+``pascal.transforms.PascalTransform`` the tensors a model trains on.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlora_lite.multitask.pascal import IGNORE, TASKS
+from mtlora_lite.multitask.pascal.data import IGNORE, TASKS
 from mtlora_lite.multitask.tasks import ConfusionMetric, NormalsMetric, Task, normals_loss
 
 NUM_CLASSES = {"semseg": 21, "human_parts": 7}

@@ -6,7 +6,7 @@ numbers beside the paper's.
     torchrun --nproc_per_node 4 -m mtlora_lite.multitask.paper --data ... --recipe paper
     python -m mtlora_lite.multitask.paper --recipe fixture            # offline plumbing check
 
-Recipes and runs: ``paper_recipes``; the data: ``pascal`` (without ``--data`` the command says
+Recipes and runs: ``paper.recipes``; the data: ``pascal`` (without ``--data`` the command says
 what to download; the fixture recipe writes its own tiny archive). Under ``--out`` (default
 ``outputs/paper/<recipe>``) it writes
 
@@ -19,7 +19,7 @@ what to download; the fixture recipe writes its own tiny archive). Under ``--out
                                        back into a model built as the run built it
     runs/<run>/log.jsonl               JSON lines: fit starts, steps, the evaluation, the result
     runs/<run>/result.json             the finished run: metrics, trainable parameters, hours
-    results.json, results.md           the table, ours beside the paper's (``paper_table``)
+    results.json, results.md           the table, ours beside the paper's (``paper.table``)
 
 Calling it again resumes: finished runs are read back, an interrupted one continues after its last
 saved epoch.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -37,20 +38,74 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from mtlora_lite.adapters.atomic import atomic_write
 from mtlora_lite.adapters.breakdown import trainable_breakdown
 from mtlora_lite.adapters.saving import save_adapters
 from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
-from mtlora_lite.multitask.history import Callback
+from mtlora_lite.multitask.history import Callback, Metrics
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.paper_io import JsonLog, loaders, rank_world
-from mtlora_lite.multitask.paper_recipes import NO_WEIGHT_DECAY, RECIPES, RUNS, Recipe, RunSpec
-from mtlora_lite.multitask.paper_table import markdown, table_rows
-from mtlora_lite.multitask.pascal import DOWNLOAD_URL, MissingDataError, PascalContext
-from mtlora_lite.multitask.pascal_fixture import write_pascal_fixture
-from mtlora_lite.multitask.pascal_tasks import LOSS_WEIGHTS, pascal_tasks
+from mtlora_lite.multitask.paper.recipes import NO_WEIGHT_DECAY, RECIPES, RUNS, Recipe, RunSpec
+from mtlora_lite.multitask.paper.table import markdown, table_rows
+from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, MissingDataError, PascalContext
+from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
+from mtlora_lite.multitask.pascal.tasks import LOSS_WEIGHTS, pascal_tasks
+from mtlora_lite.multitask.pascal.transforms import PascalTransform
 from mtlora_lite.multitask.train import fit
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them; (0, 1) in a single process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def loaders(data: Path, recipe: Recipe, tasks: Sequence[str]) -> tuple[DataLoader, DataLoader]:
+    """Training (augmented, shuffled, full batches) and validation (resized) loaders; each
+    process's batch is ``recipe.batch_size`` / world size."""
+    _, world = rank_world()
+    if recipe.batch_size % world:
+        raise ValueError(f"batch {recipe.batch_size} does not split over {world} processes")
+    batch = recipe.batch_size // world
+    train = PascalContext(data, "train", tasks, PascalTransform(recipe.img_size, train=True))
+    val = PascalContext(data, "val", tasks, PascalTransform(recipe.img_size))
+    if len(train) < batch:
+        raise ValueError(
+            f"{len(train)} training images make no batch of {batch}: lower --batch-size"
+        )
+    workers = recipe.workers
+    options = {"num_workers": workers, "persistent_workers": workers > 0}
+    options["pin_memory"] = torch.cuda.is_available()
+    shuffle = torch.Generator().manual_seed(recipe.seed)  # fit reseeds it every epoch
+    return (
+        DataLoader(train, batch, shuffle=True, drop_last=True, generator=shuffle, **options),
+        DataLoader(val, batch, **options),
+    )
+
+
+class JsonLog(Callback):
+    """Appends one JSON object a line to ``path`` (flushed each time): ``{"event", "run",
+    "time", ...}`` for fit starts, every ``every``-th step (and the first), evaluations and
+    whatever ``write`` is given. A crash leaves at most a partial last line."""
+
+    def __init__(self, path: str | Path, run: str, every: int = 10) -> None:
+        self.path, self.run, self.every = Path(path), run, every
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, "run": self.run, "time": time.time(), **fields})
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+
+    def on_fit_start(self, model: nn.Module) -> None:
+        self.write("fit_start")
+
+    def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
+        if step == 1 or step % self.every == 0:
+            self.write("step", **logs)
+
+    def on_eval_end(self, epoch: int, model: nn.Module, metrics: Metrics) -> None:
+        self.write("eval", epoch=epoch, metrics=metrics)
 
 
 def run_one(

@@ -6,7 +6,7 @@ paper's column says "rmse", the official evaluation code computes the mean), Del
 single-task full fine-tuning, and trainable parameters (M) where the paper states them. Where
 the paper gives per-task numbers but no Delta_m (multi-task full fine-tuning), ``paper_delta_m``
 computes it from them.
-``table_rows`` turns run records (``paper.run_one``) into one row per model, ``markdown`` prints
+``table_rows`` turns run records (``paper.run.run_one``) into one row per model, ``markdown`` prints
 them; Delta_m is ours against our own single-task runs, as the paper's is against its own.
 """
 
@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mtlora_lite.multitask.pascal import TASKS
+from mtlora_lite.multitask.pascal.data import TASKS
 from mtlora_lite.multitask.tasks import delta_m
 
 PRIMARY = {"semseg": "mIoU", "human_parts": "mIoU", "sal": "mIoU", "normals": "mean_angle"}
