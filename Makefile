@@ -8,7 +8,7 @@ PROFILE ?= course
 DEVICE ?= auto
 STAMP := $(VENV)/.installed
 
-.PHONY: install course test lint format bench clean
+.PHONY: install course test lint format bench gpu-check gpu-check-dry clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ format: install
 
 bench: install
 	$(PY) benchmarks/bench.py --device $(DEVICE)
+
+# The prepared GPU check (CUDA tests, the course's training runs, the benchmark; about 7 min on
+# one H200): benchmarks/RESULTS.md says how to run it on a lent GPU. gpu-check-dry runs the same
+# parts on the CPU, small (about 3 min on 2 cores).
+gpu-check: install
+	rm -rf outputs/gpu_check
+	$(PY) benchmarks/gpu_check.py --out outputs/gpu_check
+
+gpu-check-dry: install
+	rm -rf outputs/gpu_check_dry
+	$(PY) benchmarks/gpu_check.py --dry-run --out outputs/gpu_check_dry
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
