@@ -118,7 +118,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
         Part(
             "tests",
             tests,
-            600 if dry else 150,
+            600 if dry else 180,
             min_s=60,
             env={"MTLORA_TEST_DEVICE": device},
             writes=("cuda_tests.xml",),
@@ -185,8 +185,9 @@ def _pump(stream: IO[str], prefix: str, log: Log) -> None:
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the part's process group (the part and anything it started), then SIGKILL."""
-    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    """Stop the part's process group (the part and anything it started): SIGINT first, so that
+    pytest still writes its report of the tests that ran, then SIGTERM, then SIGKILL."""
+    for sig, wait_s in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
