@@ -246,13 +246,15 @@ def write_metadata(folder: Path, version: str) -> Path:
 
 def metadata_path(work: Path) -> Path | None:
     """A folder for PYTHONPATH that makes this checkout's version known, or None if an
-    installed distribution already gives one."""
+    installed distribution already gives one, or pyproject.toml sets none (a version read
+    from the package itself needs no metadata)."""
     try:
         importlib.metadata.version("mtlora-lite")
         return None
     except importlib.metadata.PackageNotFoundError:
         project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-        return write_metadata(work / "metadata", project["version"])
+        version = project.get("version")
+        return write_metadata(work / "metadata", version) if version else None
 
 
 # --- the workers (run as parts, in their own process) --------------------------------------
