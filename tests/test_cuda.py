@@ -18,6 +18,7 @@ import contextlib
 import copy
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,16 @@ PRECISIONS = ("fp32", "bf16")
 # 1e-5 (TF32, if someone enabled it, near 3e-4, and would fail); bf16 operands near 3e-3.
 TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2}
 CPU64 = {"device": torch.device("cpu"), "dtype": torch.float64}
+
+
+@pytest.fixture
+def ieee_fp32() -> Iterator[None]:
+    """float32 convolutions without TF32 (cuDNN's default on Ampere and later, about 1e-3
+    relative error), so that float32 results on the GPU can be compared with the CPU's, and
+    eager with compiled, at float32 precision. Matmuls use no TF32 by default."""
+    assert not torch.backends.cuda.matmul.allow_tf32
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        yield
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -298,6 +309,7 @@ def rlora_model(seed: int = 0) -> nn.Module:
 
 
 @pytest.mark.parametrize("kind", ["mtlora", "rlora"])
+@pytest.mark.usefixtures("ieee_fp32")
 def test_save_on_device_load_on_cpu(kind: str, tmp_path: Path) -> None:
     build = mtlora_model if kind == "mtlora" else rlora_model
     model = randomize_b(build()).to(DEVICE)  # non-zero B, so the round trip means something
@@ -386,6 +398,7 @@ def test_compile_traces_the_training_forward_in_one_graph(kind: str) -> None:
     assert explained.graph_count == 1
 
 
+@pytest.mark.usefixtures("ieee_fp32")
 @pytest.mark.parametrize("kind", COMPILED)
 def test_compiled_training_step_matches_eager(kind: str) -> None:
     """The compiled model (dropout off, so that neither draws random numbers) gives eager's
