@@ -32,11 +32,9 @@ compiles on the CPU), a few course runs in the smoke profile, the benchmark at t
 Swin-T only, with torch.compile disabled in its compile part (compiling every variant on a CPU
 takes longer than the whole GPU run; the part still checks its command and its output file).
 
-The package is not installed on the device image (no registry there). It imports from the
-checkout, but it reads its version with ``importlib.metadata``; when no installed distribution
-is found, the parts get a metadata-only ``.dist-info`` with pyproject.toml's version on their
-PYTHONPATH, which is all the package needs from an installation. This script itself imports
-only the standard library; the parts import torch.
+The package is not installed on the device image (no registry there): the parts import it from
+the checkout (PYTHONPATH; its version then reads "0+source"). This script itself imports only
+the standard library; the parts import torch.
 """
 
 from __future__ import annotations
@@ -54,7 +52,6 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 import traceback
 import xml.etree.ElementTree as ET
 import zipfile
@@ -229,32 +226,6 @@ def run_part(
     seconds = time.monotonic() - start
     log.write(f"=== {name}: {status} (exit code {rc}) in {seconds:.1f} s")
     return {"status": status, "rc": rc, "seconds": round(seconds, 1), "limit_s": round(limit_s)}
-
-
-# --- package metadata for a checkout that is not installed ---------------------------------
-
-
-def write_metadata(folder: Path, version: str) -> Path:
-    """A metadata-only ``mtlora_lite-<version>.dist-info`` in ``folder`` (put ``folder`` on
-    sys.path and ``importlib.metadata.version("mtlora-lite")`` returns ``version``)."""
-    info = folder / f"mtlora_lite-{version}.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    text = f"Metadata-Version: 2.1\nName: mtlora-lite\nVersion: {version}\n"
-    (info / "METADATA").write_text(text)
-    return folder
-
-
-def metadata_path(work: Path) -> Path | None:
-    """A folder for PYTHONPATH that makes this checkout's version known, or None if an
-    installed distribution already gives one, or pyproject.toml sets none (a version read
-    from the package itself needs no metadata)."""
-    try:
-        importlib.metadata.version("mtlora-lite")
-        return None
-    except importlib.metadata.PackageNotFoundError:
-        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-        version = project.get("version")
-        return write_metadata(work / "metadata", version) if version else None
 
 
 # --- the workers (run as parts, in their own process) --------------------------------------
@@ -645,12 +616,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         work = Path(tmp)
         env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
-        extra = metadata_path(work)
-        paths = [str(extra)] if extra else []
-        paths += [str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        if extra:
-            log.write(f"mtlora-lite is not installed: its metadata for this checkout is in {extra}")
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
         run_parts(plan(args, work), start + budget, env, summary, args.out, work, log)
     print_summary(summary, log)
     log.close()
