@@ -55,6 +55,7 @@ import time
 import traceback
 import xml.etree.ElementTree as ET
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -265,7 +266,9 @@ def course_calls(profile: str) -> list[CourseCall]:
     kept, since the course makes them too (they read the first call's record)."""
     from mtlora_lite.course.experiments import DENSE_TASKS, recipe
 
-    def dense(notebook: str, method: str, tasks=DENSE_TASKS, **options: Any) -> CourseCall:
+    def dense(
+        notebook: str, method: str, tasks: Sequence[str] = DENSE_TASKS, **options: Any
+    ) -> CourseCall:
         name = options.get("name") or f"{method}-{'+'.join(tasks)}"
         kwargs = dict(method=method, tasks=list(tasks), **options)
         return CourseCall(notebook, "dense", name, kwargs)
@@ -316,12 +319,11 @@ def course_worker(args: argparse.Namespace) -> int:
         calls = [c for c in calls if c.name in DRY_RUNS and c.kwargs.get("seed", 0) == 0]
     calls = calls[: args.course_runs]
     cache = args.work / "course_cache"
+    cuda = args.device == "cuda"
     record: dict[str, Any] = {
         "profile": args.profile,
         "device": args.device,
-        "device_name": torch.cuda.get_device_name()
-        if args.device == "cuda"
-        else platform.machine(),
+        "device_name": torch.cuda.get_device_name() if cuda else platform.machine(),
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
         "planned": len(calls),
@@ -350,7 +352,7 @@ def course_worker(args: argparse.Namespace) -> int:
         entry["wall_s"] = round(time.perf_counter() - tic, 2)
         record["runs"].append(entry)
         record["total_s"] = round(time.perf_counter() - start, 1)
-        if args.device == "cuda":
+        if cuda:
             record["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         _write_json(args.out / "course_runs.json", record)
         how = "cached" if entry.get("cached") else "error" if "error" in entry else "trained"
