@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 RECIPE ?= paper-quick
 DATA ?=
 
-.PHONY: install course test lint format bench paper clean
+.PHONY: install course test lint format bench paper gpu-check gpu-check-dry clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ bench: install
 
 paper: install
 	$(PY) -m mtlora_lite.multitask.paper --recipe $(RECIPE) --device $(DEVICE) $(if $(DATA),--data $(DATA))
+
+# The prepared GPU check (CUDA tests, the course's training runs, the benchmark; about 7 min on
+# one H200): benchmarks/RESULTS.md says how to run it on a lent GPU. gpu-check-dry runs the same
+# parts on the CPU, small (about 3 min on 2 cores).
+gpu-check: install
+	rm -rf outputs/gpu_check
+	$(PY) benchmarks/gpu_check.py --out outputs/gpu_check
+
+gpu-check-dry: install
+	rm -rf outputs/gpu_check_dry
+	$(PY) benchmarks/gpu_check.py --dry-run --out outputs/gpu_check_dry
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -37,9 +37,17 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def dropout_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device) -> Tensor:
-    """A bool tensor of ``shape``, each entry independently True (drop) with probability p."""
-    if device.type == "cpu":  # uniform integers on [0, 2^31): P(bits < p 2^31) = p
-        return torch.empty(shape, dtype=torch.int32).random_() < round(p * 2**31)
+    """A bool tensor of ``shape``, each entry independently True (drop) with probability p.
+
+    On CPU: uniform integers on [0, 2^31) compared with p 2^31. Eager code draws them with
+    ``random_`` (about two thirds of the time of ``randint`` here); ``torch.compile`` cannot trace
+    ``random_``, so compiled code draws them with ``randint`` (the same distribution, other bits).
+    """
+    if device.type == "cpu":  # P(bits < p 2^31) = p
+        threshold = round(p * 2**31)
+        if torch.compiler.is_compiling():
+            return torch.randint(0, 2**31, tuple(shape), dtype=torch.int32) < threshold
+        return torch.empty(shape, dtype=torch.int32).random_() < threshold
     return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(p)
 
 
