@@ -17,6 +17,8 @@ fails or hangs is stopped and recorded, and the next one starts):
     bench_eager            benchmarks/bench.py --profile-ops: Swin-T and Swin-B, bf16 autocast,
                            batch 64, 224 x 224, HF PEFT included, peak memory per variant
                                                                           -> bench_eager.json
+    torchrun               the paper command's fixture recipe under torchrun: one process on the
+                           GPU (NCCL; two on the CPU with gloo in the dry run)  -> log.txt
     bench_compile_swin_t   bench.py --compile on Swin-T (its run repeats eager, as a reference in
     bench_compile_swin_b   the same run), then Swin-B, while time is left
                                                                           -> bench_compile_*.json
@@ -128,6 +130,30 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
             120 if dry else 150,
             min_s=100,
             outputs={"bench_eager.json": work / "bench_eager" / bench_json},
+        ),
+        Part(
+            "torchrun",
+            [
+                py,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2" if dry else "1",
+                "-m",
+                "mtlora_lite.multitask.paper",
+                "--recipe",
+                "fixture",
+                "--device",
+                device,
+                "--out",
+                str(work / "paper_torchrun"),
+                "--quiet",
+            ],
+            120 if dry else 90,
+            min_s=30,
+            required=False,
+            note="fit under torchrun (issue 14): NCCL on the GPU, gloo in the dry run",
         ),
     ]
     for m in models:
