@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,23 +17,16 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = WORKER.parents[1]
 
 
-def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
-    )
-
-
 def _torchrun(*args: str) -> list[str]:
     return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory, run_python: Callable) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("ddp")
-    single = _run([str(WORKER), str(out / "single"), "--single"])
+    single = run_python([str(WORKER), str(out / "single"), "--single"])
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = _run(_torchrun(str(WORKER), str(out / "ddp")))
+    ddp = run_python(_torchrun(str(WORKER), str(out / "ddp")))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     return {"single": out / "single", "ddp": out / "ddp"}
 
@@ -67,9 +58,9 @@ def test_metrics_reduced_over_ranks_are_those_of_one_process(runs: dict[str, Pat
     assert evaluate(model, TASKS, loader, device="cpu") == ddp["evaluate"]  # counts: exact
 
 
-def test_a_failing_rank_stops_the_whole_run(tmp_path: Path) -> None:
+def test_a_failing_rank_stops_the_whole_run(tmp_path: Path, run_python: Callable) -> None:
     tic = time.perf_counter()
-    failed = _run(_torchrun(str(WORKER), str(tmp_path), "--fail"), timeout=90)
+    failed = run_python(_torchrun(str(WORKER), str(tmp_path), "--fail"), timeout=90)
     assert failed.returncode != 0 and time.perf_counter() - tic < 90
     assert "rank 1 fails at its third step" in failed.stdout + failed.stderr
     assert not (tmp_path / "metrics.json").exists()

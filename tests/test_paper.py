@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -222,15 +220,13 @@ def test_an_interrupted_run_resumes_to_the_same_result(data: Path, tmp_path: Pat
             assert resumed["metrics"][task][key] == pytest.approx(value, rel=1e-4, abs=1e-4)
 
 
-def test_the_command_runs_under_torchrun(data: Path, tmp_path: Path) -> None:
+def test_the_command_runs_under_torchrun(data: Path, tmp_path: Path, run_python: Callable) -> None:
     """Two gloo processes on the CPU: each takes half of every batch, rank 0 writes the table."""
-    root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     command += ["2", "-m", "mtlora_lite.multitask.paper", "--recipe", "fixture", "--quiet"]
     command += ["--data", str(data), "--out", str(tmp_path), "--runs", "mtl-full", "mtlora-r16"]
     command += ["--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+    done = run_python(command, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert {r["processes"] for r in results["runs"].values()} == {2}
