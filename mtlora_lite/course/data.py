@@ -172,8 +172,8 @@ def make_loaders(
     """Train and validation loaders of ``SceneDataset``s.
 
     Scenes use seeds 2 * seed (train) and 2 * seed + 1 (validation), so they never coincide
-    (``seed`` in [0, 2**31)); training batches are shuffled by a generator seeded with ``seed`` and the last partial
-    batch is dropped.
+    (``seed`` in [0, 2**31)); training batches are shuffled by a generator seeded with ``seed``
+    and the last partial batch is dropped.
     """
     seed = check_seed(seed, LOADER_SEED_LIMIT, _LOADER_WHY)
     train = SceneDataset(generate_scenes(n_train, 2 * seed, config), tasks)
