@@ -55,16 +55,21 @@ class Launch:
         return self.rank == 0
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them in the environment; (0, 1) in one process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launch(device: torch.device, timeout_s: float = 1800.0) -> Launch:
     """The torchrun context of this process (module docstring); ``device`` is the requested one.
 
     On CUDA the rank's device is ``cuda:LOCAL_RANK``; raises ``ValueError`` if WORLD_SIZE asks for
     more CUDA processes than this machine has GPUs.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = rank_and_world()
     if world <= 1:
         return Launch(device=device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise ValueError(

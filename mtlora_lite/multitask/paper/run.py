@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -43,6 +42,7 @@ from torch.utils.data import DataLoader
 from mtlora_lite.adapters.atomic import atomic_write
 from mtlora_lite.adapters.breakdown import trainable_breakdown
 from mtlora_lite.adapters.saving import save_adapters
+from mtlora_lite.multitask.distributed import rank_and_world
 from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, Metrics
 from mtlora_lite.multitask.models import build_model
@@ -55,15 +55,10 @@ from mtlora_lite.multitask.pascal.transforms import PascalTransform
 from mtlora_lite.multitask.train import fit
 
 
-def rank_world() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them; (0, 1) in a single process."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def loaders(data: Path, recipe: Recipe, tasks: Sequence[str]) -> tuple[DataLoader, DataLoader]:
     """Training (augmented, shuffled, full batches) and validation (resized) loaders; each
     process's batch is ``recipe.batch_size`` / world size."""
-    _, world = rank_world()
+    _, world = rank_and_world()
     if recipe.batch_size % world:
         raise ValueError(f"batch {recipe.batch_size} does not split over {world} processes")
     batch = recipe.batch_size // world
@@ -125,7 +120,7 @@ def run_one(
     done = run_dir / "result.json"
     if done.is_file():
         return {**json.loads(done.read_text()), "cached": True}
-    rank, world = rank_world()
+    rank, world = rank_and_world()
     tasks = pascal_tasks(spec.tasks)
     train, val = loaders(data, recipe, spec.tasks)
     seed_everything(recipe.seed)
@@ -192,7 +187,7 @@ def _same_recipe(out: Path, recipe: Recipe) -> None:
                 f"{out} holds runs of another recipe (differs in {diff}): pass another --out, or "
                 "delete that folder to start afresh"
             )
-    elif rank_world()[0] == 0:
+    elif rank_and_world()[0] == 0:
         atomic_write(path, json.dumps(wanted, indent=2) + "\n")
 
 
@@ -217,7 +212,7 @@ def run_recipe(
     backbone = recipe.build_backbone()
     records = {}
     for name in runs:
-        if progress and rank_world()[0] == 0:
+        if progress and rank_and_world()[0] == 0:
             print(f"[{len(records) + 1}/{len(runs)}] {RUNS[name].label}", flush=True)
         records[name] = run_one(
             RUNS[name], recipe, data, out, backbone, device=device, progress=progress
@@ -235,7 +230,7 @@ def run_recipe(
     if recipe.name == "fixture" or not recipe.pretrained:
         notes.append("a plumbing check: these numbers mean nothing about the methods")
     results = {"recipe": recipe.to_dict(), "data": str(data), "runs": records, "table": rows}
-    if rank_world()[0] == 0:
+    if rank_and_world()[0] == 0:
         atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
         atomic_write(out / "results.md", markdown(rows, f"PASCAL-Context, {recipe.name}", notes))
     return results
@@ -287,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MissingDataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if rank_world()[0] == 0:
+    if rank_and_world()[0] == 0:
         print((out / "results.md").read_text())
         print(f"written: {out / 'results.md'}, {out / 'results.json'}, runs under {out / 'runs'}")
     return 0
