@@ -20,15 +20,14 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.checks import check_count, check_dropout
-from mtlora_lite.adapters.functional import dropout_mask, fused_lora_linear
 from mtlora_lite.adapters.lora import (
     AdapterLayer,
     Targets,
     inject_adapters,
+    lora_linear,
     lora_scaling,
     name_matches,
 )
@@ -109,13 +108,7 @@ class BlockLoRALinear(AdapterLayer):
         if self.merged:
             return self.base_layer(x)
         p = self.dropout if self.training else 0.0
-        drop = dropout_mask(x.shape, p, x.device) if p > 0.0 else None  # bool, like x
-        s = self.scaling / (1.0 - p)  # inverted dropout's 1 / (1 - p), folded into the scale
-        w, b, full_B = self.base_layer.weight, self.base_layer.bias, self.full_B()
-        if not w.requires_grad and (b is None or not b.requires_grad):
-            return fused_lora_linear(x, w, b, self.lora_A, full_B, s, drop)
-        x_a = x if drop is None else x.masked_fill(drop, 0.0)
-        return self.base_layer(x) + s * F.linear(F.linear(x_a, self.lora_A), full_B)
+        return lora_linear(self.base_layer, x, self.lora_A, self.full_B(), self.scaling, p)
 
     def delta_weight(self) -> Tensor:
         """s * P B A: (out, in), exactly zero in the rows of the blocks not adapted."""

@@ -146,14 +146,7 @@ class LoRALinear(AdapterLayer):
         if self.merged:
             return self.base_layer(x)
         p = self.dropout if self.training else 0.0
-        drop = dropout_mask(x.shape, p, x.device) if p > 0.0 else None  # bool, like x
-        s = self.scaling / (1.0 - p)  # inverted dropout's 1 / (1 - p), folded into the scale
-        w, b = self.base_layer.weight, self.base_layer.bias
-        if not w.requires_grad and (b is None or not b.requires_grad):
-            # Same maths, fewer passes and no weight gradient for W (see functional.py).
-            return fused_lora_linear(x, w, b, self.lora_A, self.lora_B, s, drop)
-        x_a = x if drop is None else x.masked_fill(drop, 0.0)
-        return self.base_layer(x) + s * F.linear(F.linear(x_a, self.lora_A), self.lora_B)
+        return lora_linear(self.base_layer, x, self.lora_A, self.lora_B, self.scaling, p)
 
     def delta_weight(self) -> Tensor:
         """s * B A: (out, in)."""
@@ -179,6 +172,23 @@ class LoRALinear(AdapterLayer):
 # ---------------------------------------------------------------------------------------------------
 # Finding modules by name
 # ---------------------------------------------------------------------------------------------------
+
+
+def lora_linear(
+    base: nn.Linear, x: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float, p: float = 0.0
+) -> Tensor:
+    """``base(x) + s * B A drop(x)`` with inverted dropout of probability ``p`` on the LoRA input.
+
+    Shapes: x (..., in), lora_A (r, in), lora_B (out, r) -> (..., out). With a frozen base it runs
+    the fused kernel (one GEMM on [W; A], no weight gradient for W; see functional.py).
+    """
+    drop = dropout_mask(x.shape, p, x.device) if p > 0.0 else None  # bool, like x
+    s = scaling / (1.0 - p)  # inverted dropout's 1 / (1 - p), folded into the scale
+    w, b = base.weight, base.bias
+    if not w.requires_grad and (b is None or not b.requires_grad):
+        return fused_lora_linear(x, w, b, lora_A, lora_B, s, drop)
+    x_a = x if drop is None else x.masked_fill(drop, 0.0)
+    return base(x) + s * F.linear(F.linear(x_a, lora_A), lora_B)
 
 
 def name_matches(name: str, targets: Targets) -> bool:
