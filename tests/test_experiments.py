@@ -206,3 +206,22 @@ def test_options_of_any_number_type_are_cached_like_plain_ones(
     with pytest.raises(TypeError, match=r"must be JSON values.*cache_dir=None"):
         _smoke_dense("shared_lora", tmp_path, shared_rank=2, task_rank=object())
     assert len(fake_fit.calls) == 1  # refused before training, not after
+
+
+def test_the_cache_key_changes_with_the_code(tmp_path: Path, monkeypatch) -> None:
+    """A change to the package's source makes every run new: the cache never serves a result
+    measured by other code under the same version string."""
+    tree = tmp_path / "pkg"
+    (tree / "course").mkdir(parents=True)
+    (tree / "course" / "experiments.py").write_text("x = 1\n")
+    before = experiments.tree_digest(tree)
+    (tree / "course" / "experiments.py").write_text("x = 2\n")
+    edited = experiments.tree_digest(tree)
+    (tree / "course" / "experiments.py").rename(tree / "course" / "other.py")
+    assert len({before, edited, experiments.tree_digest(tree)}) == 3
+
+    first = _smoke_dense("decoders", tmp_path / "cache")
+    assert _smoke_dense("decoders", tmp_path / "cache").cached
+    monkeypatch.setattr(experiments, "source_digest", lambda: "0" * 16)  # as after an edit
+    again = _smoke_dense("decoders", tmp_path / "cache")
+    assert not again.cached and again.primary == first.primary  # retrained: same seed, same run

@@ -10,8 +10,9 @@ are measured on the same images.
 
 Each result is cached as JSON under ``cache_dir`` (default ``outputs/cache``, git-ignored), keyed
 by everything that defines the run (recipe, method, options, tasks, seed, device type, the sha256
-of the backbone checkpoint and the package version, bumped when results change). A cached result
-is a real measurement of exactly that run, made earlier (notebook 03 reuses the single-task
+of the backbone checkpoint, the package version and a digest of the package's source code, so
+that any change to the code makes every run new). A cached result is a real measurement of exactly
+that run by this code, made earlier (notebook 03 reuses the single-task
 references notebook 02 measured); delete the folder or pass ``cache_dir=None`` to measure again.
 
 What the cache guarantees: an entry is written atomically after its run (a crash or a full disk
@@ -25,6 +26,7 @@ meanwhile), a warning says so and the result is returned anyway.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import numbers
@@ -113,6 +115,22 @@ def recipe(kind: str, profile: str) -> Recipe:
     return table[profile]
 
 
+def tree_digest(root: Path) -> str:
+    """A sha256 (16 hex digits) of every ``*.py`` file under ``root``, with its relative path."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def source_digest() -> str:
+    """``tree_digest`` of the installed package: it changes whenever the code that trains,
+    evaluates or records a run changes."""
+    return tree_digest(Path(__file__).resolve().parents[1])
+
+
 def _spec(
     kind: str,
     name: str,
@@ -123,8 +141,8 @@ def _spec(
     device: str,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Everything that defines a run: its cache key (device type, backbone checksum and package
-    version included)."""
+    """Everything that defines a run: its cache key (device type, backbone checksum, package
+    version and source digest included)."""
     return dict(
         kind=kind,
         name=name,
@@ -135,6 +153,7 @@ def _spec(
         device=resolve_device(device).type,
         backbone=load_course_card()["sha256"],
         package=__version__,
+        code=source_digest(),
         **extra,
     )
 
