@@ -5,8 +5,12 @@ package where it computes the same thing."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,17 +32,10 @@ from mtlora_lite.course.exercises import (
 )
 
 ALL = [(nb, e.number) for nb in NOTEBOOKS for e in load_exercises(nb)]
-VALUE_EXERCISES = {("00", 3), ("04", 2)}  # a value (`ANSWER = ...`), not a function, is asked
 
 
 def _stub(*args: Any, **kwargs: Any) -> Any:
     raise NotImplementedError  # your code here
-
-
-class _StubLayer(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__()
-        raise NotImplementedError
 
 
 def _exercise(nb: str, k: int):
@@ -54,13 +51,29 @@ def test_reference_solution_passes(nb: str, k: int) -> None:
 
 @pytest.mark.parametrize(("nb", "k"), ALL, ids=[f"{nb}-q{k}" for nb, k in ALL])
 def test_untouched_stub_is_not_answered(nb: str, k: int) -> None:
+    """The stub as a notebook holds it (``Exercise.stub``), run as a cell, is "not answered"."""
     ex = _exercise(nb, k)
-    stub = _StubLayer if (nb, k) == ("01", 1) else _stub
-    stubs = (..., None) if (nb, k) in VALUE_EXERCISES else (stub, ..., None)
-    for answer in stubs:
+    namespace: dict[str, Any] = {}
+    exec("import torch\nfrom torch import nn\n" + ex.stub, namespace)
+    for answer in (namespace[ex.title], ..., None):
         feedback = ex.evaluate(answer)
         assert feedback.status == "unanswered", feedback
         assert "not answered" in feedback.message
+    assert ex.check_cell.startswith(f"{ex.title} = ex.q{k}.check({ex.title})")
+
+
+def test_stubs_are_formatted_as_ruff_keeps_them() -> None:
+    """A notebook's stub cell must equal ``Exercise.stub`` after ``ruff format``."""
+    for nb, k in ALL:
+        stub = _exercise(nb, k).stub
+        formatted = subprocess.run(
+            [sys.executable, "-m", "ruff", "format", "--line-length", "100", "-"],
+            input=stub,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert formatted.rstrip("\n") == stub, (nb, k)
 
 
 def test_every_notebook_has_three_to_five_exercises() -> None:
@@ -569,3 +582,28 @@ def test_rotating_a_normal_map_is_what_the_pascal_augmentation_does() -> None:
         )
     _, flipped = warp(sample, 6, Augment(flip=True))
     torch.testing.assert_close(nb07.flip_normals(normals), flipped["normals"], atol=1e-5, rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------
+# the notebooks hold each exercise as its stub cell followed by its check cell
+# -------------------------------------------------------------------------------------------------
+
+NOTEBOOK_FILES = sorted(
+    (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")
+)
+COMPLETE = {"00", "06"}  # notebooks that hold all their exercises
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_notebook_holds_its_exercises_as_stub_then_check(path: Path) -> None:
+    cells = json.loads(path.read_text())["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    ex = load_exercises(path.stem)
+    present = [e for e in ex if e.check_cell in code]
+    if path.stem[:2] in COMPLETE:
+        assert len(present) == len(ex), f"missing: {[e.title for e in ex if e not in present]}"
+    for e in present:
+        i = code.index(e.check_cell)
+        assert code[i - 1] == e.stub, f"the cell before {e.check_cell!r} must be its stub"
+    if present:  # the check cells call `ex`: set up by setup() or load_exercises()
+        assert any("ex = nb.exercises" in c or "ex = load_exercises(" in c for c in code)

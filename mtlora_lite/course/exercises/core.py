@@ -194,7 +194,9 @@ class Exercise:
     ``check_answer(answer)`` follows the module docstring's contract. ``solution_obj`` is what
     ``check`` hands back when the answer is missing or wrong (and always with ``solutions``), so
     the cells below can still run; ``solution()`` shows its source. ``explanation`` is shown
-    with the solution (e.g. why a prediction is right).
+    with the solution (e.g. why a prediction is right). ``stub`` is the learner's starting cell
+    (it assumes ``torch`` and ``from torch import nn`` are imported); ``check_cell`` the cell
+    after it. A notebook holds both verbatim (a test compares them).
     """
 
     title: str
@@ -202,6 +204,7 @@ class Exercise:
     solution_obj: Any
     hints: tuple[str, ...]
     explanation: str = ""
+    stub: str = ""
     number: int = 0
     notebook: str = ""
     solutions: bool = False
@@ -210,6 +213,12 @@ class Exercise:
     @property
     def label(self) -> str:
         return f"Exercise {self.number} ({self.title})"
+
+    @property
+    def check_cell(self) -> str:
+        """The check cell's source: ``<title> = ex.qN.check(<title>)`` and where to get help."""
+        q = f"ex.q{self.number}"
+        return f"{self.title} = {q}.check({self.title})  # {q}.hint(), {q}.solution()"
 
     def evaluate(self, answer: Any) -> Feedback:
         """Check ``answer`` without printing; never raises for a learner's mistake.

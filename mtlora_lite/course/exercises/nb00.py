@@ -179,6 +179,20 @@ def _check_stage_shapes(answer: object) -> None:
         raise Wrong(f"stage {i}: {g} is not its feature map shape")
 
 
+# The learner's starting cells (Exercise.stub), one per exercise.
+STUBS = {
+    "mean_iou": '''\
+def mean_iou(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
+    """Mean IoU in %: pred, target (N, H, W) class indices in [0, n_classes)."""
+    raise NotImplementedError  # your code here''',
+    "delta_m_by_hand": '''\
+def delta_m_by_hand(multi: dict, single: dict, higher_is_better: dict) -> float:
+    """Delta_m in %: the mean over tasks of the signed relative changes vs single-task."""
+    raise NotImplementedError  # your code here''',
+    "STAGE_SHAPES": """\
+STAGE_SHAPES = ...  # your prediction: [(C, H, W) of stage 0, (C, H, W) of stage 1, ...]""",
+}
+
 EXERCISES = (
     Exercise(
         "mean_iou",
@@ -190,6 +204,7 @@ EXERCISES = (
             "Skip a class whose union is 0 (absent from both), average the others' IoU, and "
             "return a float in percent (100 * ...).",
         ),
+        stub=STUBS["mean_iou"],
     ),
     Exercise(
         "delta_m_by_hand",
@@ -201,6 +216,7 @@ EXERCISES = (
             "For a task whose metric is better when lower (higher_is_better[t] is False), flip "
             "the term's sign.",
         ),
+        stub=STUBS["delta_m_by_hand"],
     ),
     Exercise(
         "STAGE_SHAPES",
@@ -215,5 +231,6 @@ EXERCISES = (
             "A 64 x 64 image becomes 16 x 16 tokens of 32 channels (4 x 4 patches); each of the "
             "three patch mergings halves the grid and doubles the width."
         ),
+        stub=STUBS["STAGE_SHAPES"],
     ),
 )

@@ -293,6 +293,33 @@ def _check_merge(answer: object) -> None:
     compare(got, merged_weight(W, A, B, s), "merged_weight", mistakes, layout="(out, in)")
 
 
+# The learner's starting cells (Exercise.stub), one per exercise.
+STUBS = {
+    "LinearWithLoRA": '''\
+class LinearWithLoRA(nn.Module):
+    """y = W x + b + (alpha / r) B A x around a frozen nn.Linear: (..., d_in) -> (..., d_out)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        raise NotImplementedError  # your code: self.base, self.lora_A, self.lora_B, self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # your code here''',
+    "train": '''\
+def train(model: nn.Module, loader, loss_fn, steps: int, lr: float) -> list[float]:
+    """AdamW on the parameters that require grad, for `steps` steps (loop over the loader as often
+    as needed); return the loss (a float) of every step. Loss: loss_fn(model(inputs), targets)."""
+    raise NotImplementedError  # your code here (about 15 lines)''',
+    "lora_parameters": '''\
+def lora_parameters(d_in: int, d_out: int, rank: int) -> int:
+    """Trainable numbers of one rank-r LoRA update of a (d_out x d_in) weight."""
+    raise NotImplementedError  # your code here''',
+    "merged_weight": '''\
+def merged_weight(W, A, B, scaling: float) -> torch.Tensor:
+    """W (out, in), A (r, in), B (out, r) -> the merged weight (out, in), as a new tensor."""
+    raise NotImplementedError  # your code here''',
+}
+
 EXERCISES = (
     Exercise(
         "LinearWithLoRA",
@@ -306,6 +333,7 @@ EXERCISES = (
             "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5)). forward returns "
             "self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T.",
         ),
+        stub=STUBS["LinearWithLoRA"],
     ),
     Exercise(
         "train",
@@ -318,12 +346,14 @@ EXERCISES = (
             "Keep a list of loss.item(); wrap the `for inputs, targets in loader` loop in "
             "`while len(losses) < steps:` and break once `steps` steps are done.",
         ),
+        stub=STUBS["train"],
     ),
     Exercise(
         "lora_parameters",
         _check_count,
         lora_parameters,
         hints=("A is r x d_in, B is d_out x r.",),
+        stub=STUBS["lora_parameters"],
     ),
     Exercise(
         "merged_weight",
@@ -333,5 +363,6 @@ EXERCISES = (
             "The merged layer computes (W + s B A) x + b = W x + b + s B A x. B @ A has the "
             "shape (out, in) of W.",
         ),
+        stub=STUBS["merged_weight"],
     ),
 )

@@ -178,12 +178,33 @@ def _check_pcgrad(answer: object) -> None:
             raise Wrong("after the projection g_i . g_j should be 0")
 
 
+# The learner's starting cells (Exercise.stub), one per exercise.
+STUBS = {
+    "multitask_loss": '''\
+def multitask_loss(preds: dict, targets: dict, tasks: dict, weights: dict) -> torch.Tensor:
+    """The loss one multi-task step minimises: tasks[t].loss(preds[t], targets[t]), weighted."""
+    raise NotImplementedError  # your code here''',
+    "gradient_cosines": '''\
+def gradient_cosines(grads: dict) -> torch.Tensor:
+    """{task: flat gradient (P,)} -> (T, T) cosines between the tasks' gradients."""
+    raise NotImplementedError  # your code here''',
+    "first_order_change": '''\
+def first_order_change(grads: dict, task: str, lr: float) -> float:
+    """To first order, the change of `task`'s loss after one SGD step (lr) on the summed loss."""
+    raise NotImplementedError  # your code here''',
+    "pcgrad": '''\
+def pcgrad(g_i: torch.Tensor, g_j: torch.Tensor) -> torch.Tensor:
+    """PCGrad: g_i without its component along g_j if the two conflict; (P,) -> (P,)."""
+    raise NotImplementedError  # your code here''',
+}
+
 EXERCISES = (
     Exercise(
         "multitask_loss",
         _check_loss,
         multitask_loss,
         hints=("One term per task: weights[t] * tasks[t].loss(preds[t], targets[t]); add them.",),
+        stub=STUBS["multitask_loss"],
     ),
     Exercise(
         "gradient_cosines",
@@ -195,6 +216,7 @@ EXERCISES = (
             "Normalise each row (g / g.norm(dim=1, keepdim=True)), then all cosines at once: "
             "g @ g.T.",
         ),
+        stub=STUBS["gradient_cosines"],
     ),
     Exercise(
         "first_order_change",
@@ -204,6 +226,7 @@ EXERCISES = (
             "One SGD step on the summed loss moves the shared weights by -lr * sum_s g_s. To first "
             "order, L_t changes by its gradient dotted with that move.",
         ),
+        stub=STUBS["first_order_change"],
     ),
     Exercise(
         "pcgrad",
@@ -213,5 +236,6 @@ EXERCISES = (
             "Only if g_i @ g_j < 0: subtract the projection of g_i onto g_j, "
             "(g_i @ g_j) / (g_j @ g_j) * g_j. Otherwise return g_i unchanged.",
         ),
+        stub=STUBS["pcgrad"],
     ),
 )

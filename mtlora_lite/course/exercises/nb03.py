@@ -237,6 +237,30 @@ def _check_after_merge(answer: object) -> None:
     compare(got, want, "the task output", mistakes, layout="(N, out)", atol=1e-4)
 
 
+# The learner's starting cells (Exercise.stub), one per exercise.
+STUBS = {
+    "ts_forward": '''\
+def ts_forward(x, x_tasks, W, b, A_s, B_s, A_t, B_t, s) -> tuple[torch.Tensor, torch.Tensor]:
+    """One TS layer, official mode: x (N, in), x_tasks (T, N, in); W (out, in), b (out,);
+    A_s (r, in), B_s (out, r); A_t (T, r_t, in), B_t (T, out, r_t); scale s.
+    Returns (shared output (N, out), task outputs (T, N, out))."""
+    raise NotImplementedError  # your code here''',
+    "ts_parameters": '''\
+def ts_parameters(widths: list[tuple[int, int]], task_rank: int, n_tasks: int) -> int:
+    """TS-LoRA's trainable numbers; widths: (C, H) of each stage (width, MLP width)."""
+    raise NotImplementedError  # your code here''',
+    "pareto_front": '''\
+def pareto_front(points: dict[str, tuple[int, float]]) -> list[str]:
+    """{method: (trainable parameters, delta_m)} -> the methods on the Pareto front, fewest
+    parameters first."""
+    raise NotImplementedError  # your code here''',
+    "task_output_after_merge": '''\
+def task_output_after_merge(x, x_t, W_merged, b, A_s, B_s, A_t, B_t, s) -> torch.Tensor:
+    """Task t's official output from the merged weight W_merged = W + s B_s A_s.
+    x, x_t (N, in); A_s (r, in), B_s (out, r); A_t (r_t, in), B_t (out, r_t) -> (N, out)."""
+    raise NotImplementedError  # your code here''',
+}
+
 EXERCISES = (
     Exercise(
         "ts_forward",
@@ -248,6 +272,7 @@ EXERCISES = (
             "For all tasks at once: x_tasks @ A_t.transpose(1, 2) is (T, N, r_t), then "
             "@ B_t.transpose(1, 2) gives (T, N, out); add base (it broadcasts over T).",
         ),
+        stub=STUBS["ts_forward"],
     ),
     Exercise(
         "ts_parameters",
@@ -257,6 +282,7 @@ EXERCISES = (
             "A rank-r branch of a d_in -> d_out layer has r (d_in + d_out) numbers; per stage "
             "and task: proj (C, C), fc1 (C, H), fc2 (H, C).",
         ),
+        stub=STUBS["ts_parameters"],
     ),
     Exercise(
         "pareto_front",
@@ -266,6 +292,7 @@ EXERCISES = (
             "Sort the methods by parameters (fewest first). Walk through them, keeping a method "
             "only if its delta_m beats every delta_m seen so far.",
         ),
+        stub=STUBS["pareto_front"],
     ),
     Exercise(
         "task_output_after_merge",
@@ -275,5 +302,6 @@ EXERCISES = (
             "x @ W_merged.T = x @ W.T + s (x @ A_s.T) @ B_s.T: the shared update comes along. "
             "The official task output has no shared update, so take it out again.",
         ),
+        stub=STUBS["task_output_after_merge"],
     ),
 )

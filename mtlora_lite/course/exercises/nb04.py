@@ -219,6 +219,30 @@ def _check_entropy(answer: object) -> None:
     compare_number(call(answer, one_hot), 0.0, "router_entropy of one-hot weights", abs_tol=1e-6)
 
 
+# The learner's starting cells (Exercise.stub), one per exercise.
+STUBS = {
+    "multihead_forward": '''\
+def multihead_forward(x, W, b, A, B, W_r, s) -> torch.Tensor:
+    """x (N, in); W (out, in), b (out,); A (r, in); heads B (out, n, r), B[:, i] = B_i;
+    router W_r (n, in); scale s -> the multi-head LoRA layer's output (N, out)."""
+    raise NotImplementedError  # your code here''',
+    "PREDICTION": '''\
+PREDICTION = ...  # at step 0, all B_i = 0 and a uniform router: "zero", "identical" or "different"''',
+    "head_gradients": '''\
+def head_gradients(x, g, A, w, s) -> torch.Tensor:
+    """dL/dB_i of every head while all B_i = 0. x (N, in), g = dL/dy (N, out), A (r, in),
+    routing weights w (N, n) -> (n, out, r)."""
+    raise NotImplementedError  # your code here''',
+    "head_cosine": '''\
+def head_cosine(B: torch.Tensor) -> float:
+    """Mean cosine over the pairs of heads i < j; B (out, n, r), head i = B[:, i] flattened."""
+    raise NotImplementedError  # your code here''',
+    "router_entropy": '''\
+def router_entropy(w: torch.Tensor) -> float:
+    """Mean over tokens of the routing weights' entropy in nats; w (N, n), rows sum to 1."""
+    raise NotImplementedError  # your code here''',
+}
+
 EXERCISES = (
     Exercise(
         "multihead_forward",
@@ -229,6 +253,7 @@ EXERCISES = (
             "adds u @ B[:, i].T, (N, out).",
             "Sum over i of w[:, i:i+1] * (u @ B[:, i].T), times s, plus x @ W.T + b.",
         ),
+        stub=STUBS["multihead_forward"],
     ),
     Exercise(
         "PREDICTION",
@@ -244,6 +269,7 @@ EXERCISES = (
             "trained (non-uniform) router the heads' gradients differ only by the per-token "
             "weights w_i(x), so they stay nearly parallel."
         ),
+        stub=STUBS["PREDICTION"],
     ),
     Exercise(
         "head_gradients",
@@ -254,6 +280,7 @@ EXERCISES = (
             "dL/dB_i = s sum_tokens w_i g u^T, an (out, r) matrix.",
             "For all heads at once: torch.einsum('ni,no,nr->ior', w, g, x @ A.T), times s.",
         ),
+        stub=STUBS["head_gradients"],
     ),
     Exercise(
         "head_cosine",
@@ -264,6 +291,7 @@ EXERCISES = (
             "heads @ heads.T, the (n, n) cosines.",
             "Average the entries above the diagonal: torch.triu_indices(n, n, offset=1).",
         ),
+        stub=STUBS["head_cosine"],
     ),
     Exercise(
         "router_entropy",
@@ -273,5 +301,6 @@ EXERCISES = (
             "Per token: -(w * w.log()).sum(-1); then the mean over the tokens (clamp w away "
             "from 0 before the log).",
         ),
+        stub=STUBS["router_entropy"],
     ),
 )

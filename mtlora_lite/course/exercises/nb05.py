@@ -131,9 +131,9 @@ def _check_dropout(answer: object) -> None:
 
 
 def verdict(a: dict[int, float], b: dict[int, float]) -> str:
-    """ "better" if method a beats b on every seed by a mean gain larger than the gains' spread
-    (sample std), "worse" in the mirror case, else "within noise". a, b: {seed: metric},
-    higher is better, the same seeds."""
+    """Method a against b: "better" if a wins on every seed by a mean gain larger than the
+    gains' spread (sample std), "worse" in the mirror case, else "within noise". a, b: {seed:
+    metric}, higher is better, the same seeds."""
     gains = [a[seed] - b[seed] for seed in a]
     mean, spread = statistics.fmean(gains), statistics.stdev(gains)
     if abs(mean) > spread and all(g > 0 for g in gains):
@@ -179,12 +179,36 @@ def _check_verdict(answer: object) -> None:
             raise Wrong(f"a = {a}, b = {b}: expected {want!r}, got {got!r}. {detail}")
 
 
+# The learner's starting cells (Exercise.stub), one per exercise.
+STUBS = {
+    "rlora_scale": '''\
+def rlora_scale(d_out: int, gamma: float = 64.0) -> float:
+    """R-LoRA's init constant c for a layer with d_out outputs."""
+    raise NotImplementedError  # your code here''',
+    "offset_weight": '''\
+def offset_weight(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s: float) -> torch.Tensor:
+    """W (out, in), A (r, in), random heads B (out, n, r) -> the effective weight (out, in) that
+    makes the layer equal to the base layer at step 0 (zero router: w_i = 1/n)."""
+    raise NotImplementedError  # your code here''',
+    "multihead_dropout": '''\
+def multihead_dropout(u, w, masks, B, s, p) -> torch.Tensor:
+    """The multi-head dropout update as one GEMM. u = A x (N, r), w (N, n), masks (N, n, r)
+    of 0 / 1, B (out, n, r), scale s, dropout p -> (N, out)."""
+    raise NotImplementedError  # your code here''',
+    "verdict": '''\
+def verdict(a: dict[int, float], b: dict[int, float]) -> str:
+    """Method a against b, {seed: metric} each, higher is better: "better", "worse" or
+    "within noise"."""
+    raise NotImplementedError  # your code here''',
+}
+
 EXERCISES = (
     Exercise(
         "rlora_scale",
         _check_scale,
         rlora_scale,
         hints=("d_out ** 0.25 / math.sqrt(gamma).",),
+        stub=STUBS["rlora_scale"],
     ),
     Exercise(
         "offset_weight",
@@ -196,6 +220,7 @@ EXERCISES = (
             "Fold the subtraction into the weight: W - s * B0 @ A, so y = W' x + b + update "
             "equals W x + b at step 0.",
         ),
+        stub=STUBS["offset_weight"],
     ),
     Exercise(
         "multihead_dropout",
@@ -206,6 +231,7 @@ EXERCISES = (
             "w_i m_i u. Flatten it to (N, n r).",
             "[B_1 ... B_n] is B.flatten(1), (out, n r); the update is s / (1 - p) * z @ that.T.",
         ),
+        stub=STUBS["multihead_dropout"],
     ),
     Exercise(
         "verdict",
@@ -216,5 +242,6 @@ EXERCISES = (
             "'better' only if every gain is positive and |mean| > std; 'worse' if every gain is "
             "negative and |mean| > std; else 'within noise'.",
         ),
+        stub=STUBS["verdict"],
     ),
 )

@@ -175,6 +175,26 @@ def _check_peft(answer: object) -> None:
         )
 
 
+# The learner's starting cells (Exercise.stub), one per exercise.
+STUBS = {
+    "majority_accuracy": '''\
+def majority_accuracy(labels: torch.Tensor) -> float:
+    """Accuracy in % of always answering the most frequent label; labels (N,) int64."""
+    raise NotImplementedError  # your code here''',
+    "adapter_numbers": '''\
+def adapter_numbers(shapes: list[tuple[int, int]], rank: int, head: tuple[int, int]) -> int:
+    """Numbers saved for one task: rank-r LoRA on layers (d_in, d_out) plus a linear head."""
+    raise NotImplementedError  # your code here''',
+    "merge_lora": '''\
+def merge_lora(layer) -> nn.Linear:
+    """A new nn.Linear computing what the LoRALinear `layer` computes (weight W + s B A)."""
+    raise NotImplementedError  # your code here''',
+    "peft_config": '''\
+def peft_config(rank: int, alpha: float, targets: list[str], modules_to_save: list[str]) -> dict:
+    """The fields of PEFT's adapter_config.json that describe our LoRA."""
+    raise NotImplementedError  # your code here''',
+}
+
 EXERCISES = (
     Exercise(
         "majority_accuracy",
@@ -184,6 +204,7 @@ EXERCISES = (
             "labels.bincount() counts each class; its max is how often the most frequent class "
             "occurs. Return a percentage.",
         ),
+        stub=STUBS["majority_accuracy"],
     ),
     Exercise(
         "adapter_numbers",
@@ -193,6 +214,7 @@ EXERCISES = (
             "Each adapted layer: r (d_in + d_out) numbers (A and B). The head: a weight "
             "(classes x features) and a bias (classes).",
         ),
+        stub=STUBS["adapter_numbers"],
     ),
     Exercise(
         "merge_lora",
@@ -203,6 +225,7 @@ EXERCISES = (
             "Under torch.no_grad(): new.weight.copy_(base.weight + layer.scaling * "
             "layer.lora_B @ layer.lora_A) and new.bias.copy_(base.bias).",
         ),
+        stub=STUBS["merge_lora"],
     ),
     Exercise(
         "peft_config",
@@ -212,5 +235,6 @@ EXERCISES = (
             'Keys "peft_type" ("LORA"), "r", "lora_alpha", "target_modules", "modules_to_save". '
             "PEFT's scale is lora_alpha / r, as ours is alpha / r.",
         ),
+        stub=STUBS["peft_config"],
     ),
 )

@@ -170,6 +170,28 @@ def _check_lr(answer: object) -> None:
         compare_number(got, want, f"scaled_lr({batch}, {devices})", mistakes, rel=1e-6)
 
 
+# The learner's starting cells (Exercise.stub), one per exercise.
+STUBS = {
+    "turn_vectors": '''\
+def turn_vectors(normals: torch.Tensor, degrees: float) -> torch.Tensor:
+    """(3, H, W) -> (3, H, W): each normal's (x, y) turned counter-clockwise on screen (y points
+    down the rows); z unchanged; the pixels stay where they are."""
+    raise NotImplementedError  # your code here''',
+    "rotate_normal_map": '''\
+def rotate_normal_map(normals: torch.Tensor, quarter_turns: int) -> torch.Tensor:
+    """The normal map (3, H, W) rotated by quarter_turns x 90 degrees counter-clockwise on
+    screen: the pixels and the vectors."""
+    raise NotImplementedError  # your code here''',
+    "flip_normals": '''\
+def flip_normals(normals: torch.Tensor) -> torch.Tensor:
+    """The normal map (3, H, W) mirrored left-right."""
+    raise NotImplementedError  # your code here''',
+    "scaled_lr": '''\
+def scaled_lr(batch_per_device: int, devices: int) -> float:
+    """The MTLoRA paper's learning rate for torchrun on `devices` devices."""
+    raise NotImplementedError  # your code here''',
+}
+
 EXERCISES = (
     Exercise(
         "turn_vectors",
@@ -181,6 +203,7 @@ EXERCISES = (
             "Counter-clockwise on screen with y down: x' = c x + s y, y' = -s x + c y; stack "
             "(x', y', z).",
         ),
+        stub=STUBS["turn_vectors"],
     ),
     Exercise(
         "rotate_normal_map",
@@ -190,17 +213,20 @@ EXERCISES = (
             "Two steps: move the pixels, torch.rot90(normals, quarter_turns, dims=(1, 2)); then "
             "turn the vectors by the same angle, turn_vectors(..., 90 * quarter_turns).",
         ),
+        stub=STUBS["rotate_normal_map"],
     ),
     Exercise(
         "flip_normals",
         _check_flip,
         flip_normals,
         hints=("Mirror the columns, normals.flip(-1); then negate channel 0 (n_x).",),
+        stub=STUBS["flip_normals"],
     ),
     Exercise(
         "scaled_lr",
         _check_lr,
         scaled_lr,
         hints=("5e-4 * (batch_per_device * devices) / 512.",),
+        stub=STUBS["scaled_lr"],
     ),
 )
