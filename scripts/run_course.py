@@ -4,7 +4,9 @@
     python scripts/run_course.py --profile smoke    # quick pass (what the tests run)
 
 Executed copies go to outputs/executed/, each notebook's figures and results.json to
-outputs/<notebook>/ (both git-ignored). Stops at the first failing notebook.
+outputs/<notebook>/ (both git-ignored). Stops at the first failing notebook. The notebooks run
+with SOLUTIONS = True: every exercise checks its reference solution, and a failing check fails
+the run.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def run(profile: str, device: str, only: list[str]) -> int:
         pm.execute_notebook(
             str(nb),
             str(executed / nb.name),
-            parameters={"PROFILE": profile, "DEVICE": device},
+            parameters={"PROFILE": profile, "DEVICE": device, "SOLUTIONS": True},
             cwd=str(ROOT),
             kernel_name="python3",
             progress_bar=False,

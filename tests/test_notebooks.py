@@ -36,6 +36,7 @@ def test_notebook_runs_in_smoke_profile(path: Path, tmp_path: Path, cache_dir: P
         "DEVICE": "cpu",
         "OUT_DIR": str(out_dir),
         "CACHE_DIR": str(cache_dir),
+        "SOLUTIONS": True,  # every exercise's check runs on its reference solution
     }
     pm.execute_notebook(
         str(path),
@@ -65,7 +66,7 @@ def test_outputs_land_in_the_repository_whatever_the_working_folder(tmp_path: Pa
     pm.execute_notebook(
         str(notebook),
         str(tmp_path / "executed.ipynb"),
-        parameters={"PROFILE": "smoke", "DEVICE": "cpu"},  # OUT_DIR and CACHE_DIR as shipped
+        parameters={"PROFILE": "smoke", "DEVICE": "cpu", "SOLUTIONS": True},  # paths as shipped
         cwd=str(checkout / "notebooks"),
         kernel_name="python3",
         progress_bar=False,

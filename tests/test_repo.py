@@ -15,7 +15,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 def test_environment_yml_mirrors_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    wanted = set(project["dependencies"]) | set(extras["dev"]) | set(extras["course"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_lists = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
     assert len(pip_lists) == 1, "environment.yml needs exactly one pip section"
@@ -24,6 +25,21 @@ def test_environment_yml_mirrors_pyproject() -> None:
         f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
     )
     assert "-e ." in pip_lists[0], "environment.yml must install the package itself"
+
+
+def test_the_library_leaves_the_notebook_tools_to_the_course_extra() -> None:
+    """`pip install .` (e.g. in Colab, or in your project) brings no Jupyter of its own; the
+    course extra does, and make installs it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {d.split(">=")[0].split("[")[0].lower() for d in project["dependencies"]}
+    notebook_tools = {"jupyterlab", "papermill", "ipykernel", "ipywidgets", "notebook"}
+    assert not runtime & notebook_tools, f"runtime dependencies include {runtime & notebook_tools}"
+    course = {d.split(">=")[0] for d in project["optional-dependencies"]["course"]}
+    assert {"jupyterlab", "papermill", "ipykernel", "ipywidgets", "peft"} <= course
+    install = [
+        line for line in (ROOT / "Makefile").read_text().splitlines() if "pip install" in line
+    ]
+    assert install and all(".[dev,course]" in line for line in install), install
 
 
 def test_constraints_pin_what_pyproject_allows() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+import types
 from typing import Any
 
 import pytest
@@ -155,3 +156,21 @@ def test_package_imports_without_ipywidgets(
     assert isinstance(module.plot_runs(runs), Figure)
     with pytest.raises(ImportError):
         module.explore_runs(runs)
+
+
+def test_explorer_enables_colabs_widget_manager_in_colab(
+    monkeypatch: pytest.MonkeyPatch, runs: list[RunResult]
+) -> None:
+    """Colab needs its custom widget manager for ipywidgets 8: a fake google.colab records it."""
+    pytest.importorskip("ipywidgets")
+    calls = []
+    output = types.ModuleType("google.colab.output")
+    output.enable_custom_widget_manager = lambda: calls.append("enabled")
+    colab = types.ModuleType("google.colab")
+    colab.output = output
+    assert widgets.enable_colab_widgets() is False and not calls  # not in Colab: nothing
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.output", output)
+    widgets.explore_runs(runs)
+    assert calls == ["enabled"]

@@ -8,6 +8,19 @@ folder (``make course`` runs in its root, JupyterLab in ``notebooks/``: both wri
 
 Every notebook ends by calling ``save_results``: the JSON it writes is what ``make course`` summarises
 and what the smoke tests check, so it only accepts finite numbers.
+
+Set-up. A notebook's first cells are its ``parameters`` cell, the install cell (``INSTALL_CELL``,
+copied verbatim: it runs before the package exists) and one call that does the rest::
+
+    nb = setup("01_lora_from_scratch", PROFILE, SEED, DEVICE, OUT_DIR, CACHE_DIR, SOLUTIONS)
+    ex = nb.exercises                       # ex.q1.check(...), see course.exercises
+    ...
+    nb.save_figure(fig, "semseg_finetuning")  # PNG in nb.out_dir
+    nb.save({"headline": {...}, ...})        # results.json with profile, seed, device added
+
+``setup`` resolves the device, makes the output paths absolute (relative to the course root),
+checks that the output folder is writable (before anything trains), prints the environment
+report and loads the notebook's exercises.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +41,9 @@ import torch
 from torch import Tensor
 
 from mtlora_lite.adapters.atomic import atomic_path, atomic_write
-from mtlora_lite.course.records import RunResult
+from mtlora_lite.course.exercises import ExerciseSet, load_exercises
+from mtlora_lite.course.records import RunResult, check_writable
+from mtlora_lite.multitask.evaluation import resolve_device
 
 RESULTS_FILE = "results.json"
 HOME_ENV_VAR = "MTLORA_LITE_HOME"
@@ -156,3 +172,96 @@ def format_table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
     rule = "  ".join("-" * w for w in widths)
     body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join([head, rule, *body])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Set-up and saving (module docstring)
+# ---------------------------------------------------------------------------------------------------
+
+# The install cell every notebook starts with (after its parameters), verbatim: it cannot import
+# the package, since it installs it. tests/test_install_cell.py keeps the notebooks' copies equal.
+INSTALL_CELL = """\
+# Installs the course's package if it is missing (e.g. in Colab); where it is installed, this
+# cell does nothing. REPO_URL: this repository, your fork ("https://github.com/<you>/mtlora-lite"),
+# or the path or URL of a wheel (`pip wheel --no-deps .` in a clone makes one).
+REPO_URL = "https://github.com/mtlora-lite/mtlora-lite"
+
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("mtlora_lite") is None:
+    as_is = REPO_URL.endswith(".whl") or not REPO_URL.startswith("https://")
+    target = REPO_URL if as_is else f"git+{REPO_URL}"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", target])
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"pip could not install {target!r} (see its message above). Point REPO_URL at "
+            "your fork, https://github.com/<you>/mtlora-lite, or at a wheel: run `pip wheel "
+            "--no-deps .` in a clone, upload the .whl file and set REPO_URL to its path."
+        )
+    importlib.invalidate_caches()"""
+
+
+@dataclass
+class NotebookRun:
+    """What a notebook's cells need, from ``setup``: its settings, the resolved device and
+    folders, and its exercises."""
+
+    name: str
+    profile: str
+    seed: int
+    device: torch.device
+    out_dir: Path
+    cache_dir: Path | None
+    exercises: ExerciseSet
+
+    def save_figure(self, fig: Any, name: str) -> Path:
+        """Save ``fig`` as ``out_dir/name.png`` (``save_figure``)."""
+        return save_figure(fig, self.out_dir, name)
+
+    def save(self, results: Mapping[str, Any]) -> Path:
+        """Write ``results`` (with a non-empty "headline") to ``out_dir/results.json``, adding
+        the profile, seed, device and the exercises' outcome; prints where."""
+        if not results.get("headline"):
+            raise ValueError('results need a non-empty "headline": the numbers make course prints')
+        full = {"profile": self.profile, "seed": self.seed, "device": str(self.device)}
+        full["exercises"] = self.exercises.summary()
+        path = save_results({**full, **results}, self.out_dir)
+        print(f"saved {path}")
+        return path
+
+
+def setup(
+    notebook: str,
+    profile: str,
+    seed: int,
+    device: str | torch.device = "auto",
+    out_dir: str | Path = "outputs",
+    cache_dir: str | Path | None = "outputs/cache",
+    solutions: bool = False,
+) -> NotebookRun:
+    """Resolve the device, make ``out_dir`` / ``cache_dir`` absolute (``course_path``), check
+    that ``out_dir`` is writable, print the environment report and load the exercises of
+    ``notebook`` (its name, e.g. "00_data_and_backbone"; ``solutions`` as in
+    ``course.exercises``)."""
+    if profile not in ("smoke", "course"):
+        raise ValueError(f'PROFILE must be "smoke" or "course", got {profile!r}')
+    dev = resolve_device(device)
+    out = check_writable(
+        course_path(out_dir), "set OUT_DIR in the parameters cell to a folder you can write"
+    )
+    run = NotebookRun(
+        name=notebook,
+        profile=profile,
+        seed=int(seed),
+        device=dev,
+        out_dir=out,
+        cache_dir=course_path(cache_dir),
+        exercises=load_exercises(notebook, solutions=solutions),
+    )
+    print(environment_report(dev))
+    print(f"outputs    {out}")
+    mode = "reference solutions (SOLUTIONS = True)" if solutions else "yours: fill in the stubs"
+    print(f"exercises  {len(run.exercises)}, {mode}")
+    return run

@@ -5,13 +5,16 @@
     explore_runs(results)                # dropdowns method / task / run, redrawn on change
 
 ``ipywidgets`` is imported inside ``explore_runs`` only, so the package imports without it; the
-explorer shows figures as PNG images, which look the same in JupyterLab, Colab and VS Code.
+explorer shows figures as PNG images, which look the same in JupyterLab, Colab and VS Code. In
+Colab, ``explore_runs`` first turns on Colab's custom widget manager, which ipywidgets 8 need
+there (``enable_colab_widgets``).
 """
 
 from __future__ import annotations
 
 import html
 import io
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -147,6 +150,17 @@ def _describe(result: RunResult) -> str:
     return f"<b>{html.escape(result.name)}</b>: " + "<br>".join(html.escape(x) for x in lines)
 
 
+def enable_colab_widgets() -> bool:
+    """In Colab (``google.colab`` imported, as Colab's kernel does), enable its custom widget
+    manager so that ipywidgets render; elsewhere do nothing. Returns whether it was enabled."""
+    if "google.colab" not in sys.modules:
+        return False
+    from google.colab import output  # type: ignore[import-not-found]
+
+    output.enable_custom_widget_manager()
+    return True
+
+
 def explore_runs(results: Sequence[RunResult]) -> ipywidgets.Widget:
     """Pick a method, task and run; see its summary, the metric-vs-trainable scatter with it ringed
     and its head-similarity curve if it has one. A VBox whose children[0] holds the dropdowns;
@@ -156,6 +170,7 @@ def explore_runs(results: Sequence[RunResult]) -> ipywidgets.Widget:
 
     if not results:
         raise ValueError(NO_RUNS)
+    enable_colab_widgets()
     method = w.Dropdown(options=["all", *dict.fromkeys(r.method for r in results)])
     task, run = w.Dropdown(), w.Dropdown(layout=w.Layout(width="320px"))
     method.description, task.description, run.description = "method", "task", "run"
