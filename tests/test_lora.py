@@ -12,22 +12,15 @@ import timm
 import torch
 from torch import nn
 
+from mtlora_lite.adapters.base import AdapterLayer
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.functional import dropout_mask
-from mtlora_lite.adapters.lora import (
-    TIMM_TARGETS,
-    AdapterLayer,
-    LoRALinear,
-    adapter_layers,
-    inject_lora,
-    linear_names,
-    mark_only_adapters_trainable,
-    merge_adapters,
-    name_matches,
-    unmerge_adapters,
-)
+from mtlora_lite.adapters.lora import LoRALinear, inject_lora
+from mtlora_lite.adapters.merging import merge_adapters, unmerge_adapters
 from mtlora_lite.adapters.mtlora import MTLoRAConfig
 from mtlora_lite.adapters.multihead import inject_multihead_lora
 from mtlora_lite.adapters.swin import inject_mtlora
+from mtlora_lite.adapters.targets import TIMM_TARGETS, adapter_layers, linear_names, name_matches
 from mtlora_lite.course.backbones import build_course_swin
 
 

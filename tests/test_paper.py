@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtlora_lite.adapters.lora import name_matches
 from mtlora_lite.adapters.saving import load_adapters
+from mtlora_lite.adapters.targets import name_matches
 from mtlora_lite.multitask.evaluation import evaluate, seed_everything
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -132,3 +132,20 @@ def fused_lora_linear(
     the shape of x -> (..., out). For inverted dropout pass ``scaling = s / (1 - p)``.
     """
     return _FusedLoRALinear.apply(x, weight, bias, lora_A, lora_B, scaling, drop)
+
+
+def lora_linear(
+    base: nn.Linear, x: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float, p: float = 0.0
+) -> Tensor:
+    """``base(x) + s * B A drop(x)`` with inverted dropout of probability ``p`` on the LoRA input.
+
+    Shapes: x (..., in), lora_A (r, in), lora_B (out, r) -> (..., out). With a frozen base it runs
+    the fused kernel (``fused_lora_linear``: one GEMM on [W; A], no weight gradient for W).
+    """
+    drop = dropout_mask(x.shape, p, x.device) if p > 0.0 else None  # bool, like x
+    s = scaling / (1.0 - p)  # inverted dropout's 1 / (1 - p), folded into the scale
+    w, b = base.weight, base.bias
+    if not w.requires_grad and (b is None or not b.requires_grad):
+        return fused_lora_linear(x, w, b, lora_A, lora_B, s, drop)
+    x_a = x if drop is None else x.masked_fill(drop, 0.0)
+    return base(x) + s * F.linear(F.linear(x_a, lora_A), lora_B)

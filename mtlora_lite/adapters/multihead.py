@@ -40,16 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.checks import check_count, check_dropout, check_positive
 from mtlora_lite.adapters.functional import _compute_dtype, dropout_mask
-from mtlora_lite.adapters.lora import (
-    ALPHA_FIX,
-    AdapterLayer,
-    LoRALinear,
-    Targets,
-    inject_adapters,
-    lora_scaling,
-)
+from mtlora_lite.adapters.lora import ALPHA_FIX, LoRALinear, lora_scaling
+from mtlora_lite.adapters.targets import Targets, inject_adapters
 
 INITS = ("hydra", "rlora", "rlora_centered")
 DROPOUT_MODES = ("per_head_ax", "shared", "per_head_x")

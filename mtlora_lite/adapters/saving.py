@@ -30,7 +30,7 @@ from safetensors.torch import safe_open, save_file
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.atomic import atomic_path
-from mtlora_lite.adapters.lora import adapter_layers
+from mtlora_lite.adapters.targets import adapter_layers
 
 FORMAT = "mtlora_lite.adapters/2"
 FORMAT_V1 = "mtlora_lite.adapters/1"  # before checksums: loaded with a warning

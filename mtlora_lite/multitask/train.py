@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.checks import check_count, check_number
-from mtlora_lite.adapters.lora import AdapterLayer, Targets, name_matches
+from mtlora_lite.adapters.targets import Targets, name_matches
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mtlora_lite.multitask.evaluation import (
