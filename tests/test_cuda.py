@@ -186,7 +186,7 @@ def multihead_reference(m: MultiHeadLoRALinear, x, a, b, router, keep):
 def test_multihead_fused_and_unfused_paths_match_float64(
     precision: str, with_drop: bool, init: str, router: bool
 ) -> None:
-    """MultiHeadLoRALinear (per_head_ax dropout) on a frozen base (``_FusedMultiHead``) and on a
+    """MultiHeadLoRALinear (per_head_ax dropout) on a frozen base (``fused_multihead_linear``) and on a
     trainable one (plain autograd), one injected mask for both, against a per-head loop."""
     torch.manual_seed(30 + with_drop)
     p, n, r = (0.3 if with_drop else 0.0), 4, 4
