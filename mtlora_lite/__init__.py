@@ -45,7 +45,8 @@ from mtlora_lite.adapters.heads import head_similarity, router_statistics
 from mtlora_lite.multitask.models import MultiTaskNet, build_model, paper_breakdown
 from mtlora_lite.multitask.tasks import Task, delta_m, primary_metrics, relative_changes
 from mtlora_lite.multitask.train import fit
-from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
+from mtlora_lite.multitask.evaluation import evaluate
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
 from mtlora_lite.multitask.tensorboard import TensorBoardLogger
 

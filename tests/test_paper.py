@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mtlora_lite.adapters.saving import load_adapters
 from mtlora_lite.adapters.targets import name_matches
-from mtlora_lite.multitask.evaluation import evaluate, seed_everything
+from mtlora_lite.multitask.evaluation import evaluate
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
 from mtlora_lite.multitask.paper.recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
@@ -29,6 +29,7 @@ from mtlora_lite.multitask.paper.table import (
 from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, TASKS
 from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
 from mtlora_lite.multitask.pascal.tasks import pascal_tasks
+from mtlora_lite.multitask.runtime import seed_everything
 from mtlora_lite.multitask.tasks import delta_m
 
 

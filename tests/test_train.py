@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mtlora_lite.multitask.evaluation import evaluate, resolve_device
+from mtlora_lite.multitask.evaluation import evaluate
 from mtlora_lite.multitask.history import Callback, History
+from mtlora_lite.multitask.runtime import resolve_device
 from mtlora_lite.multitask.train import fit, lr_factor
 
 
@@ -278,7 +279,8 @@ def test_same_seed_on_the_same_loader_object_gives_the_same_run() -> None:
 
 
 def test_fit_refuses_merged_adapters() -> None:
-    from mtlora_lite.adapters.lora import inject_lora, merge_adapters
+    from mtlora_lite.adapters.lora import inject_lora
+    from mtlora_lite.adapters.merging import merge_adapters
 
     model = TwoHeads()
     inject_lora(model, "cls", rank=2)

@@ -60,9 +60,9 @@ from mtlora_lite.course.records import (
 )
 from mtlora_lite.course.scene_tasks import build_tasks
 from mtlora_lite.course.scenes import check_seed
-from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder
 from mtlora_lite.multitask.models import METHODS, build_model
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.train import fit
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature

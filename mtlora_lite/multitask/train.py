@@ -32,15 +32,9 @@ from mtlora_lite.adapters.checks import check_count, check_number
 from mtlora_lite.adapters.targets import Targets, name_matches
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from mtlora_lite.multitask.evaluation import (
-    autocast,
-    batch_to,
-    evaluate_launched,
-    predict,
-    resolve_device,
-    seed_everything,
-)
+from mtlora_lite.multitask.evaluation import batch_to, evaluate_launched, predict
 from mtlora_lite.multitask.history import Callback, History
+from mtlora_lite.multitask.runtime import autocast, resolve_device, seed_everything
 
 
 class TrainTask(Protocol):
