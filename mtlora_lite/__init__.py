@@ -18,8 +18,13 @@ from importlib.metadata import PackageNotFoundError, version
 # LoRA on some blocks of a fused Linear (q and v of timm's attn.qkv)
 from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
-from mtlora_lite.adapters.lora import LoRALinear, inject_lora
-from mtlora_lite.adapters.merging import merge_adapters, unmerge_adapters
+from mtlora_lite.adapters.lora import LoRAConfig, LoRALinear, inject_lora
+from mtlora_lite.adapters.merging import (
+    disable_adapters,
+    merge_adapters,
+    unload_adapters,
+    unmerge_adapters,
+)
 from mtlora_lite.adapters.targets import adapter_layers, inject_adapters, linear_names
 from mtlora_lite.adapters.blocks import BlockLoRALinear, inject_qkv_lora
 
@@ -59,6 +64,7 @@ __all__ = [  # noqa: RUF022 (grouped as the imports above)
     # LoRA
     "AdapterLayer",
     "BlockLoRALinear",
+    "LoRAConfig",
     "LoRALinear",
     "adapter_layers",
     "inject_adapters",
@@ -68,6 +74,8 @@ __all__ = [  # noqa: RUF022 (grouped as the imports above)
     "mark_only_adapters_trainable",
     "merge_adapters",
     "unmerge_adapters",
+    "unload_adapters",
+    "disable_adapters",
     # multi-head LoRA / R-LoRA
     "MultiHeadConfig",
     "MultiHeadLoRALinear",

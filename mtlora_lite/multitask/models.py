@@ -26,12 +26,13 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.base import make_config
 from mtlora_lite.adapters.breakdown import Breakdown, trainable_breakdown
 from mtlora_lite.adapters.mtlora import MTLoRAConfig
 from mtlora_lite.adapters.swin import (
     SwinTaskEncoder,
-    _inject_mtlora,
     check_swin,
+    inject_mtlora,
     mark_mtlora_trainable,
 )
 from mtlora_lite.adapters.targets import Targets
@@ -170,14 +171,14 @@ def build_model(
     swin.reset_classifier(0)
     encoder = SwinTaskEncoder(swin, [t.name for t in tasks], features)  # checks the names
     if method in ("shared_lora", "mtlora"):
-        cfg = dataclasses.replace(config or MTLoRAConfig(), **options)
+        cfg = make_config(MTLoRAConfig, config, **options)
         if method == "shared_lora":
             if cfg.task_stages:
                 raise ValueError(
                     "method 'shared_lora' has no TS-LoRA; use 'mtlora' to set task_stages"
                 )
             cfg = dataclasses.replace(cfg, task_stages=())
-        _inject_mtlora(swin, encoder.tasks, cfg)
+        inject_mtlora(swin, encoder.tasks, cfg)
         mark_mtlora_trainable(swin, cfg)
     else:
         swin.requires_grad_(method == "full")
