@@ -9,7 +9,7 @@ Under torchrun, each rank evaluates its shard and the metrics are merged (``mult
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.history import Metrics
 from mtlora_lite.multitask.runtime import autocast, resolve_device, seed_everything
+from mtlora_lite.multitask.tasks import TaskLike
 
 __all__ = [  # seed_everything: importable from here too, as before runtime.py
-    "EvalTask",
     "batch_to",
     "evaluate",
     "evaluate_launched",
@@ -28,14 +28,6 @@ __all__ = [  # seed_everything: importable from here too, as before runtime.py
     "resolve_device",
     "seed_everything",
 ]
-
-
-class EvalTask(Protocol):
-    """What evaluation needs from a task (``mtlora_lite.multitask.tasks.Task`` has it)."""
-
-    name: str
-
-    def new_metric(self) -> Any: ...
 
 
 def batch_to(batch: Any, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
@@ -62,7 +54,7 @@ def predict(model: nn.Module, images: Tensor, tasks: Iterable[str]) -> dict[str,
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    tasks: Mapping[str, EvalTask],
+    tasks: Mapping[str, TaskLike],
     loader: Iterable,
     *,
     device: str | torch.device = "auto",
@@ -81,7 +73,7 @@ def evaluate(
 
 def evaluate_launched(
     model: nn.Module,
-    tasks: Mapping[str, EvalTask],
+    tasks: Mapping[str, TaskLike],
     loader: Iterable,
     ctx: distributed.Launch,
     amp: bool,

@@ -36,12 +36,12 @@ from mtlora_lite.adapters.swin import (
     mark_mtlora_trainable,
 )
 from mtlora_lite.adapters.targets import Targets
-from mtlora_lite.multitask.decoders import DenseDecoder, TaskHead, build_decoder
+from mtlora_lite.multitask.decoders import DenseDecoder, build_decoder
+from mtlora_lite.multitask.pascal.tasks import pascal_tasks
+from mtlora_lite.multitask.tasks import TaskLike
 
 Method = Literal["full", "decoders", "shared_lora", "mtlora"]
 METHODS: tuple[str, ...] = ("full", "decoders", "shared_lora", "mtlora")
-# PASCAL-Context as in the paper: semantic segmentation, human parts, saliency, surface normals.
-PAPER_TASKS: dict[str, int] = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
 
 
 class MultiTaskNet(nn.Module):
@@ -140,7 +140,7 @@ def check_images(images: object, swin: nn.Module) -> None:
 
 def build_model(
     backbone: nn.Module,
-    tasks: Sequence[TaskHead] | Mapping[str, TaskHead],
+    tasks: Sequence[TaskLike] | Mapping[str, TaskLike],
     method: Method = "mtlora",
     *,
     features: Literal["merged", "stage"] = "merged",
@@ -190,13 +190,6 @@ def build_model(
     return MultiTaskNet(encoder, decoders, method)
 
 
-@dataclasses.dataclass
-class _Task:
-    name: str
-    out_channels: int
-    dense: bool = True
-
-
 def paper_breakdown(method: Method = "mtlora", device: str = "meta", **options: Any) -> Breakdown:
     """Exact trainable-parameter breakdown at paper scale, without weights or training.
 
@@ -208,7 +201,7 @@ def paper_breakdown(method: Method = "mtlora", device: str = "meta", **options: 
     swin = timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, img_size=448, num_classes=0, device=device
     )
-    tasks = [_Task(name, c) for name, c in PAPER_TASKS.items()]
+    tasks = pascal_tasks()  # semseg 21, human_parts 7, sal 1, normals 3 output channels
     with torch.device(device):
         model = build_model(swin, tasks, method, **options)
     return trainable_breakdown(model)
