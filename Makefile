@@ -41,9 +41,8 @@ bench: install
 paper: install
 	$(PY) -m mtlora_lite.multitask.paper --recipe $(RECIPE) --device $(DEVICE) $(if $(DATA),--data $(DATA))
 
-# The prepared GPU check (CUDA tests, the course's training runs, the benchmark; about 7 min on
-# one H200): benchmarks/RESULTS.md says how to run it on a lent GPU. gpu-check-dry runs the same
-# parts on the CPU, small (about 3 min on 2 cores).
+# The GPU check (CUDA tests, the course's training runs, the benchmark; 500 s budget on one GPU):
+# benchmarks/README.md. gpu-check-dry runs the same parts on the CPU, small (a few minutes).
 gpu-check: install
 	rm -rf outputs/gpu_check
 	$(PY) benchmarks/gpu_check.py --out outputs/gpu_check

@@ -128,7 +128,7 @@ GROUPS: dict[str, dict[str, Callable[[nn.Module], nn.Module]]] = {
         f"mtlora r={RANK}, task r=4": _dense("mtlora"),
     },
 }
-# (what, numerator, denominator) ratios against the targets of DESIGN.md section 6
+# (what, numerator, denominator): the ratios that benchmarks/README.md sets targets for
 DERIVED = [
     (
         "LoRA / full FT (target <= 0.85 eager, 0.90 compiled)",
@@ -338,7 +338,7 @@ def format_rows(rows: list[Row]) -> str:
 
 
 def derived_ratios(rows: list[Row]) -> list[dict[str, str | float]]:
-    """The ratios DESIGN.md section 6 sets targets for, per model and mode."""
+    """The ratios benchmarks/README.md sets targets for, per model and mode."""
     ms = {(r.model, r.mode, r.variant): r.ms for r in rows}
     out: list[dict[str, str | float]] = []
     for model, mode in dict.fromkeys((r.model, r.mode) for r in rows):

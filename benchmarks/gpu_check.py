@@ -1,42 +1,21 @@
-"""The package on a lent GPU, in one call (issue 15): CUDA tests, the course's training runs and
-the training-step benchmark, each timed, everything written into one output folder.
+"""The GPU check: the CUDA tests, the course's training runs and the training-step benchmark, in
+one command on a machine with a CUDA GPU, each part timed, everything written into one folder.
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py --out $OUT            # on the GPU: about 7 min
-    PYTHONPATH=. python benchmarks/gpu_check.py --dry-run --out DIR    # the same parts, CPU, small
-    PYTHONPATH=. python3 benchmarks/gpu_check.py --out $OUT --parts bench_compile_swin_b  # one again
+    make gpu-check                                          # -> outputs/gpu_check/, <= 500 s
+    python benchmarks/gpu_check.py --out DIR                # the same, into an empty DIR
+    python benchmarks/gpu_check.py --out DIR --parts bench_compile_swin_b --budget 200  # one part
+    make gpu-check-dry                                      # the same parts on the CPU, small
 
-Parts, in this order; each runs in its own process group under its own time limit (a part that
-fails or hangs is stopped and recorded, and the next one starts):
-
-    env                    versions, the device, nvidia-smi                  -> summary.json
-    tests                  pytest tests/test_cuda.py on the device           -> cuda_tests.xml
-    course                 every training run notebooks 01-05 make (course profile), through
-                           course.experiments, in the notebooks' order; a repeated call reads
-                           the first one's record, as in the course       -> course_runs.json,
-                                                                             course_cache.zip
-    bench_eager            benchmarks/bench.py --profile-ops: Swin-T and Swin-B, bf16 autocast,
-                           batch 64, 224 x 224, HF PEFT included, peak memory per variant
-                                                                          -> bench_eager.json
-    torchrun               the paper command's fixture recipe under torchrun: one process on the
-                           GPU (NCCL; two on the CPU with gloo in the dry run)  -> log.txt
-    bench_compile_swin_t   bench.py --compile on Swin-T (its run repeats eager, as a reference in
-    bench_compile_swin_b   the same run), then Swin-B, while time is left
-                                                                          -> bench_compile_*.json
-
-The folder gets those files plus log.txt (all output) and summary.json (each part's status,
-seconds and limit; test counts and failures; the course's total time; the benchmark's ratios),
-rewritten after every part: 8 files, as many as the device returns. The time limits add up to
-``--budget`` seconds: a part gets its own limit or what is left once the parts after it that
+benchmarks/README.md describes the parts, their limits and outputs, and the targets the benchmark
+measures. Each part runs in its own process group under its own time limit (a part that fails or
+hangs is stopped and recorded, and the next one starts); the limits come out of one budget
+(``--budget`` seconds): a part gets its own limit or what is left once the parts after it that
 must run have their minimum, whichever is less.
 
-``--dry-run`` runs the same parts on the CPU: the tests with MTLORA_TEST_DEVICE=cpu (which also
-compiles on the CPU), a few course runs in the smoke profile, the benchmark at tiny sizes on
-Swin-T only, with torch.compile disabled in its compile part (compiling every variant on a CPU
-takes longer than the whole GPU run; the part still checks its command and its output file).
-
-The package is not installed on the device image (no registry there): the parts import it from
-the checkout (PYTHONPATH; its version then reads "0+source"). This script itself imports only
-the standard library; the parts import torch.
+The parts import the package from the checkout (``PYTHONPATH``), so the check also runs where the
+package is not installed (its version then reads "0+source"). This script itself imports only
+the standard library and its modules beside it (``gpu_check_runner``, ``gpu_check_summary``,
+``gpu_check_course``); the parts import torch.
 """
 
 from __future__ import annotations
@@ -129,7 +108,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
             120 if dry else 90,
             min_s=30,
             required=False,
-            note="fit under torchrun (issue 14): NCCL on the GPU, gloo in the dry run",
+            note="fit under torchrun: NCCL on the GPU, gloo in the dry run",
         ),
     ]
     for m in models:
@@ -260,9 +239,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="output folder ($OUT on the device)"
-    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder, empty or new")
     parser.add_argument("--dry-run", action="store_true", help="the same parts on the CPU, small")
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds for all parts (GPU: 500)"

@@ -40,8 +40,8 @@ class Part:
 
 
 class Log:
-    """Lines to the console and to log.txt, flushed at once (the device keeps only the tail of
-    the console, and what is in the output folder when a run is stopped)."""
+    """Lines to the console and to log.txt, flushed at once (so that a check stopped from
+    outside still leaves everything it printed in the output folder)."""
 
     def __init__(self, path: Path) -> None:
         self._file = path.open("a", encoding="utf-8")

@@ -11,7 +11,7 @@ from typing import Any
 
 from gpu_check_runner import Log
 
-MAX_FILES = 8  # the device returns at most 8 files from its output folder
+MAX_FILES = 8  # summary.json, log.txt and the parts' files: one small folder to copy back
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
@@ -58,7 +58,8 @@ def course_summary(path: Path) -> dict[str, Any]:
 
 
 def bench_summary(path: Path) -> dict[str, Any]:
-    """The ratios DESIGN.md sets targets for, and each variant's step time and peak memory."""
+    """The ratios benchmarks/README.md sets targets for, and each variant's step time and peak
+    memory."""
     record = json.loads(path.read_text())
     return {
         "ratios": [
@@ -87,7 +88,7 @@ def summarize(summary: dict[str, Any], out: Path, work: Path) -> None:
 
 
 def print_summary(summary: dict[str, Any], log: Log) -> None:
-    """A short table last: the device's reply keeps the tail of the output."""
+    """A short table last, so that the tail of the output says how the check went."""
     log.write(f"\n=== summary ({'dry run, CPU' if summary['dry_run'] else 'GPU'})")
     env = summary.get("env", {})
     log.write(
