@@ -66,7 +66,7 @@ def adapter_state_dict(model: nn.Module, include_trainable: bool = True) -> dict
     return state
 
 
-def _digest(tensors: Iterable[tuple[str, Tensor]], prefix: str = "") -> str:
+def tensor_digest(tensors: Iterable[tuple[str, Tensor]], prefix: str = "") -> str:
     """sha256 of ``prefix`` and, in the given order, each tensor's name, dtype, shape and bytes."""
     h = hashlib.sha256(prefix.encode())
     for name, t in tensors:
@@ -85,7 +85,7 @@ def base_fingerprint(model: nn.Module) -> str:
     A base cast to another dtype counts as another base. Adapters must be unmerged.
     """
     layers = sorted(adapter_layers(model).items())
-    return _digest(
+    return tensor_digest(
         (f"{p}.base_layer.{n}", t) for p, a in layers for n, t in a.base_layer.named_parameters()
     )
 
@@ -112,7 +112,7 @@ def save_adapters(model: nn.Module, path: str | Path, include_trainable: bool = 
     meta = {
         "format": FORMAT,
         "adapters": configs,
-        "sha256": _digest(sorted(state.items()), configs),
+        "sha256": tensor_digest(sorted(state.items()), configs),
         "base_sha256": base_fingerprint(model),
     }
     with atomic_path(path) as tmp:
@@ -163,7 +163,7 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, object], dict[str, Tens
         )
     elif "sha256" not in meta or "base_sha256" not in meta:
         raise ValueError(f"{path} lacks its sha256 / base_sha256 metadata: the file is damaged")
-    elif _digest(sorted(tensors.items()), meta["adapters"]) != meta["sha256"]:
+    elif tensor_digest(sorted(tensors.items()), meta["adapters"]) != meta["sha256"]:
         raise ValueError(
             f"the tensor data of {path} do not match their sha256 checksum: the file is corrupt "
             "(changed bytes or a partial copy). Save the adapters again or restore a good copy."

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.history import Metrics
-from mtlora_lite.multitask.runtime import autocast, resolve_device, seed_everything
+from mtlora_lite.multitask.precision import explain_dtype_errors
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 
 __all__ = [  # seed_everything: importable from here too, as before runtime.py
     "EvalTask",
@@ -66,17 +67,17 @@ def evaluate(
     loader: Iterable,
     *,
     device: str | torch.device = "auto",
-    amp: bool = True,
     progress: bool = False,
 ) -> Metrics:
-    """Each task's metrics over ``loader``, model in eval mode (its previous mode is restored).
+    """Each task's metrics over ``loader``, model in eval mode (its previous mode is restored),
+    in the model's own precision (no autocast: fp32 for an fp32 model, whatever ``fit`` trained in).
 
     Under torchrun each rank evaluates its shard of ``loader``'s dataset and the metrics are merged,
     so every rank returns the metrics of the whole set.
     """
     dev = resolve_device(device)
     ctx = distributed.launch(dev)
-    return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, amp, progress)
+    return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, progress)
 
 
 def evaluate_launched(
@@ -84,7 +85,6 @@ def evaluate_launched(
     tasks: Mapping[str, EvalTask],
     loader: Iterable,
     ctx: distributed.Launch,
-    amp: bool,
     progress: bool,
 ) -> Metrics:
     """``evaluate`` inside a launch ``ctx`` that its caller owns (``fit`` uses it between passes),
@@ -99,7 +99,7 @@ def evaluate_launched(
                 loader, desc="eval", disable=not (progress and ctx.main), leave=False
             ):
                 images, targets = batch_to(batch, dev)
-                with autocast(dev, amp):
+                with explain_dtype_errors(model, images):
                     preds = predict(model, images, tasks)
                 for name, metric in metrics.items():
                     metric.update(preds[name].float(), targets[name])
