@@ -116,7 +116,7 @@ def test_merge_equals_unmerged_and_unmerge_restores() -> None:
     unmerge_adapters(model)
     torch.testing.assert_close(model.block["qkv"].base_layer.weight, w0, rtol=0, atol=1e-6)
     torch.testing.assert_close(model(x), ref, rtol=1e-6, atol=1e-6)
-    with pytest.raises(RuntimeError, match="not all adapters are merged"):
+    with pytest.raises(RuntimeError, match="none of the 2 adapters is merged"):
         unmerge_adapters(model)
 
 

@@ -31,7 +31,8 @@ from safetensors.torch import safe_open, save_file
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.atomic import atomic_path
-from mtlora_lite.adapters.saving import adapter_state_dict, tensor_digest
+from mtlora_lite.adapters.fingerprint import tensor_digest
+from mtlora_lite.adapters.saving import adapter_state_dict
 
 FORMAT = "mtlora_lite.checkpoint/2"
 CHECKPOINT_NAME = "checkpoint.safetensors"
