@@ -189,7 +189,7 @@ def test_callbacks_are_called() -> None:
         def __init__(self) -> None:
             self.events: list[tuple] = []
 
-        def on_fit_start(self, model: nn.Module) -> None:
+        def on_fit_start(self, model: nn.Module, start_step: int = 0) -> None:
             self.events.append(("start",))
 
         def on_step_end(self, step: int, model: nn.Module, logs: dict) -> None:

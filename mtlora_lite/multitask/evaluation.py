@@ -8,7 +8,7 @@ Under torchrun, each rank evaluates its shard and the metrics are merged (``mult
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from typing import Any, Protocol
 
 import torch
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.history import Metrics
+from mtlora_lite.multitask.loaders import check_targets
 from mtlora_lite.multitask.precision import explain_dtype_errors
 from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 
@@ -75,6 +76,8 @@ def evaluate(
     Under torchrun each rank evaluates its shard of ``loader``'s dataset and the metrics are merged,
     so every rank returns the metrics of the whole set.
     """
+    if isinstance(loader, Sized) and len(loader) == 0:
+        raise ValueError("the evaluation loader yields no batches (its dataset is empty)")
     dev = resolve_device(device)
     ctx = distributed.launch(dev)
     return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, progress)
@@ -99,6 +102,7 @@ def evaluate_launched(
                 loader, desc="eval", disable=not (progress and ctx.main), leave=False
             ):
                 images, targets = batch_to(batch, dev)
+                check_targets(targets, tasks, "the evaluation loader")
                 with explain_dtype_errors(model, images):
                     preds = predict(model, images, tasks)
                 for name, metric in metrics.items():

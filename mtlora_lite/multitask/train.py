@@ -16,6 +16,7 @@ pass ``lr = 5e-4 * batch_size * N / 512``. Under torchrun, fit prints the effect
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 import warnings
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mtlora_lite.adapters.atomic import check_writable
 from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.checks import check_count, check_number
 from mtlora_lite.adapters.targets import Targets
@@ -40,7 +42,7 @@ from mtlora_lite.multitask.checkpoint import (
 )
 from mtlora_lite.multitask.evaluation import batch_to, evaluate_launched, predict
 from mtlora_lite.multitask.history import Callback, History
-from mtlora_lite.multitask.loaders import reseed, steps_per_pass
+from mtlora_lite.multitask.loaders import check_targets, check_val_loader, reseed, steps_per_pass
 from mtlora_lite.multitask.precision import (
     autocast,
     check_model_dtype,
@@ -48,7 +50,7 @@ from mtlora_lite.multitask.precision import (
     grad_scaler,
     resolve_precision,
 )
-from mtlora_lite.multitask.resume import check_same_run, run_settings
+from mtlora_lite.multitask.resume import check_same_run, run_identity, run_settings
 from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.schedule import build_optimizer, build_scheduler, lr_factor
 
@@ -153,6 +155,7 @@ def fit(
     if grad_clip is not None:
         grad_clip = check_number(grad_clip, "grad_clip", 0.0, open_low=True)
     eval_every = check_count(eval_every, "eval_every")
+    _check_callbacks(callbacks)
     merged = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer) and m.merged]
     if merged:
         raise RuntimeError(
@@ -164,11 +167,15 @@ def fit(
         steps_per_pass(train_loader)
     else:
         check_count(max_steps, "max_steps")
+    if val_loader is not None:
+        check_val_loader(val_loader, tasks)
 
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     check_model_dtype(model, dev, precision)
     ctx = distributed.launch(dev)
+    if checkpoint_dir is not None and ctx.main:
+        check_writable(checkpoint_dir, "pass another checkpoint_dir, or None to keep no checkpoint")
     was_training = model.training
     history = History()
     try:
@@ -194,11 +201,12 @@ def fit(
             eval_every=eval_every,
             processes=ctx.world_size,
         )
+        identity = run_identity(model, train_loader, val_loader)
         scaler = grad_scaler(ctx.device, precision)
         path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
         saved = read_checkpoint(path) if path and resume else None
         if saved is not None:
-            check_same_run(saved, settings)
+            check_same_run(saved, settings, identity)
             restore_checkpoint(saved, model, optimizer, scheduler, scaler)
             history = History.from_dict(saved.progress["history"])
         run = _Run(
@@ -215,6 +223,7 @@ def fit(
             eval_every=eval_every,
             ctx=ctx,
             settings=settings,
+            identity=identity,
             checkpoint=path if ctx.main else None,
         )
         _train(
@@ -237,6 +246,19 @@ def fit(
     return history
 
 
+def _check_callbacks(callbacks: Sequence[Callback]) -> None:
+    """Refuse a callback whose ``on_fit_start`` cannot take the step ``fit`` starts from."""
+    for cb in callbacks:
+        try:
+            inspect.signature(cb.on_fit_start).bind(nn.Module(), 0)
+        except TypeError:
+            raise TypeError(
+                f"{type(cb).__name__}.on_fit_start must accept (model, start_step): fit passes "
+                "the number of steps already done (0, or where a resumed run continues). Define "
+                "it as on_fit_start(self, model, start_step=0)"
+            ) from None
+
+
 @dataclass
 class _Run:
     """What the loop of ``fit`` trains with (``fit``'s arguments, checked and built)."""
@@ -254,6 +276,7 @@ class _Run:
     eval_every: int
     ctx: distributed.Launch
     settings: dict[str, Any]  # ``run_settings``, stored in each checkpoint
+    identity: dict[str, Any]  # ``run_identity``, too
     checkpoint: Path | None = None  # where to save after every pass (rank 0)
 
 
@@ -263,6 +286,7 @@ def _weighted_loss(
     """``sum_t weights[t] * loss_t`` (the scalar to back-propagate), its value and each task's loss
     (means over ranks under torchrun). Raises if it is not finite (on every rank alike), except
     under fp16 loss scaling, which skips such a step."""
+    check_targets(targets, run.tasks, "train_loader")
     with autocast(images.device, run.precision), explain_dtype_errors(run.model, images):
         preds = predict(run.ddp_model, images, run.tasks)
         losses = {n: t.loss(preds[n].float(), targets[n]) for n, t in run.tasks.items()}
@@ -339,7 +363,7 @@ def _train(
     start = time.perf_counter() - history.wall_time_s
     model.train()
     for cb in callbacks:
-        cb.on_fit_start(model)
+        cb.on_fit_start(model, step)
     with tqdm(total=total, initial=step, desc="train", disable=not progress) as bar:
         while step < total:
             epoch += 1
@@ -378,4 +402,5 @@ def _train(
                     run.scaler,
                     {"epoch": epoch, "history": history.to_dict()},
                     run.settings,
+                    run.identity,
                 )
