@@ -202,6 +202,7 @@ def fit(
             processes=ctx.world_size,
         )
         identity = run_identity(model, train_loader, val_loader)
+        distributed.same_on_every_rank(identity["data"], "data", ctx)
         scaler = grad_scaler(ctx.device, precision)
         path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
         saved = read_checkpoint(path) if path and resume else None
