@@ -201,10 +201,12 @@ def fit(
             eval_every=eval_every,
             processes=ctx.world_size,
         )
-        identity = run_identity(model, train_loader, val_loader)
-        distributed.same_on_every_rank(identity["data"], "data", ctx)
-        scaler = grad_scaler(ctx.device, precision)
         path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+        identity = {}  # what checkpoints record and the ranks compare (not needed otherwise)
+        if path is not None or ctx.active:
+            identity = run_identity(model, train_loader, val_loader)
+            distributed.same_on_every_rank(identity["data"], "data", ctx)
+        scaler = grad_scaler(ctx.device, precision)
         saved = read_checkpoint(path) if path and resume else None
         if saved is not None:
             check_same_run(saved, settings, identity)
@@ -277,7 +279,7 @@ class _Run:
     eval_every: int
     ctx: distributed.Launch
     settings: dict[str, Any]  # ``run_settings``, stored in each checkpoint
-    identity: dict[str, Any]  # ``run_identity``, too
+    identity: dict[str, Any]  # ``run_identity``, too (empty without checkpoints or torchrun)
     checkpoint: Path | None = None  # where to save after every pass (rank 0)
 
 
