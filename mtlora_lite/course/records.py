@@ -26,6 +26,7 @@ from typing import Any
 from torch import nn
 
 from mtlora_lite.adapters.atomic import atomic_write
+from mtlora_lite.adapters.atomic import check_writable as check_writable  # notebooks import it here
 from mtlora_lite.adapters.breakdown import trainable_breakdown
 from mtlora_lite.multitask.history import History
 from mtlora_lite.multitask.tasks import Task, primary_metrics

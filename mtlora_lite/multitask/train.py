@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from mtlora_lite.adapters.atomic import check_writable
@@ -40,35 +37,20 @@ from mtlora_lite.multitask.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from mtlora_lite.multitask.evaluation import batch_to, evaluate_launched, predict
+from mtlora_lite.multitask.evaluation import batch_to, evaluate_launched
 from mtlora_lite.multitask.history import Callback, History
-from mtlora_lite.multitask.loaders import check_targets, check_val_loader, reseed, steps_per_pass
+from mtlora_lite.multitask.loaders import check_val_loader, reseed, steps_per_pass
 from mtlora_lite.multitask.precision import (
-    autocast,
     check_model_dtype,
-    explain_dtype_errors,
     grad_scaler,
     resolve_precision,
 )
 from mtlora_lite.multitask.resume import check_same_run, run_identity, run_settings
 from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.schedule import build_optimizer, build_scheduler, lr_factor
+from mtlora_lite.multitask.step import Run, TrainTask, record_skip, train_step
 
-__all__ = ["TrainTask", "fit", "lr_factor"]
-
-MAX_SKIPPED_IN_A_ROW = (
-    30  # fp16: consecutive steps skipped for inf / NaN gradients before fit stops
-)
-
-
-class TrainTask(Protocol):
-    """What the trainer needs from a task (``mtlora_lite.multitask.tasks.Task`` has it)."""
-
-    name: str
-
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
-
-    def new_metric(self) -> Any: ...
+__all__ = ["TrainTask", "fit", "lr_factor"]  # the first and last live in step.py, schedule.py
 
 
 def fit(
@@ -110,7 +92,7 @@ def fit(
     ``precision`` (``multitask.precision``): "bf16" (default: bf16 autocast), "fp16" (fp16
     autocast with a GradScaler, as the official MTLoRA trains; a step whose gradients are inf /
     NaN is skipped, recorded in ``History.skipped_steps``, and fit stops after
-    ``MAX_SKIPPED_IN_A_ROW`` in a row) or "fp32". Autocast runs on CUDA only: on a CPU (or MPS)
+    ``step.MAX_SKIPPED_IN_A_ROW`` in a row) or "fp32". Autocast runs on CUDA only: on a CPU (or MPS)
     fit trains in fp32 whatever is asked ("fp16" warns). Validation always runs in fp32.
 
     Validation on ``val_loader`` every ``eval_every`` passes and after the last step; the History
@@ -212,7 +194,7 @@ def fit(
             check_same_run(saved, settings, identity)
             restore_checkpoint(saved, model, optimizer, scheduler, scaler)
             history = History.from_dict(saved.progress["history"])
-        run = _Run(
+        run = Run(
             model=model,
             ddp_model=distributed.wrap(model, ctx, ddp_options),
             tasks=tasks,
@@ -262,88 +244,8 @@ def _check_callbacks(callbacks: Sequence[Callback]) -> None:
             ) from None
 
 
-@dataclass
-class _Run:
-    """What the loop of ``fit`` trains with (``fit``'s arguments, checked and built)."""
-
-    model: nn.Module  # the model itself: callbacks, evaluation, checkpoints
-    ddp_model: nn.Module  # what the steps run through: the model, or its DDP wrapper
-    tasks: Mapping[str, TrainTask]
-    weights: Mapping[str, float]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler  # enabled for fp16 only
-    precision: str  # the precision used (``resolve_precision``)
-    grad_clip: float | None
-    total: int  # optimizer steps of the whole run
-    eval_every: int
-    ctx: distributed.Launch
-    settings: dict[str, Any]  # ``run_settings``, stored in each checkpoint
-    identity: dict[str, Any]  # ``run_identity``, too (empty without checkpoints or torchrun)
-    checkpoint: Path | None = None  # where to save after every pass (rank 0)
-
-
-def _weighted_loss(
-    run: _Run, images: Tensor, targets: Mapping[str, Tensor], step: int
-) -> tuple[Tensor, float, dict[str, float]]:
-    """``sum_t weights[t] * loss_t`` (the scalar to back-propagate), its value and each task's loss
-    (means over ranks under torchrun). Raises if it is not finite (on every rank alike), except
-    under fp16 loss scaling, which skips such a step."""
-    check_targets(targets, run.tasks, "train_loader")
-    with autocast(images.device, run.precision), explain_dtype_errors(run.model, images):
-        preds = predict(run.ddp_model, images, run.tasks)
-        losses = {n: t.loss(preds[n].float(), targets[n]) for n, t in run.tasks.items()}
-    loss = sum(run.weights[n] * losses[n] for n in run.tasks)
-    reported = distributed.mean_over_ranks(torch.stack([loss.detach(), *losses.values()]), run.ctx)
-    total, *each = reported.tolist()
-    values = dict(zip(losses, each, strict=True))
-    if not math.isfinite(total) and not run.scaler.is_enabled():
-        raise FloatingPointError(
-            f"Non-finite loss at step {step}: {values}. Lower the learning rate, check the inputs "
-            "for NaN / inf, or use grad_clip."
-        )
-    return loss, total, values
-
-
-def _step(run: _Run, images: Tensor, targets: Mapping[str, Tensor], step: int) -> dict[str, Any]:
-    """One optimizer step (1-based ``step``); returns its record for the History, with
-    ``"skipped": True`` when fp16 loss scaling skipped the update."""
-    logs: dict[str, Any] = {"step": step, "lr": run.optimizer.param_groups[0]["lr"]}
-    loss, logs["loss"], values = _weighted_loss(run, images, targets, step)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)  # (a no-op unless fp16) so that clipping sees true norms
-    trainable = [p for p in run.model.parameters() if p.requires_grad]
-    norm = nn.utils.clip_grad_norm_(trainable, run.grad_clip or math.inf)
-    logs.update(grad_norm=norm.item(), losses=values)
-    scale = run.scaler.get_scale() if run.scaler.is_enabled() else None
-    run.scaler.step(run.optimizer)  # skips the update if a gradient is inf / NaN (fp16)
-    run.scaler.update()
-    if scale is not None:
-        logs.update(loss_scale=scale, skipped=run.scaler.get_scale() < scale)
-    with warnings.catch_warnings():  # a skipped first step makes torch warn about the order
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-        run.scheduler.step()  # the schedule counts skipped steps too, as the official code's
-    return logs
-
-
-def _skipped(history: History, logs: dict[str, Any]) -> None:
-    """Record a step that fp16 loss scaling skipped; stop after too many in a row."""
-    if not logs.pop("skipped", False):
-        return
-    history.skipped_steps.append(logs["step"])
-    recent = history.skipped_steps[-MAX_SKIPPED_IN_A_ROW:]
-    if len(recent) == MAX_SKIPPED_IN_A_ROW and recent[0] == logs["step"] - len(recent) + 1:
-        raise FloatingPointError(
-            f"fp16 loss scaling skipped the last {MAX_SKIPPED_IN_A_ROW} steps (up to step "
-            f"{logs['step']}; loss {logs['loss']}, loss scale {logs['loss_scale']}): the "
-            "gradients are inf / NaN even at a small scale. Lower the learning rate, check the "
-            "inputs for NaN / inf, or train with precision='bf16' or 'fp32'."
-        )
-
-
 def _train(
-    run: _Run,
+    run: Run,
     loader: Iterable,
     val: Iterable | None,
     *,
@@ -374,10 +276,10 @@ def _train(
             tic, steps_before = time.perf_counter(), step
             for batch in loader:
                 images, targets = batch_to(batch, ctx.device)
-                logs = _step(run, images, targets, step + 1)
+                logs = train_step(run, images, targets, step + 1)
                 step, n_images = step + 1, n_images + images.shape[0] * ctx.world_size
                 history.steps.append(logs)
-                _skipped(history, logs)
+                record_skip(history, logs)
                 smooth = logs["loss"] if smooth is None else 0.9 * smooth + 0.1 * logs["loss"]
                 bar.update(1)
                 bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
