@@ -104,7 +104,7 @@ def test_merge_flags_and_errors() -> None:
     with pytest.raises(RuntimeError, match="already merged"):
         merge_adapters(model)
     unmerge_adapters(model)
-    with pytest.raises(RuntimeError, match="not all adapters are merged"):
+    with pytest.raises(RuntimeError, match="none of the 2 adapters is merged"):
         unmerge_adapters(model)
 
 

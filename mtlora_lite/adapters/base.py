@@ -84,7 +84,9 @@ class AdapterLayer(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the update into ``base_layer.weight``; afterwards forward is the plain base layer."""
+        """Fold the update into ``base_layer.weight``; afterwards forward is the plain base layer
+        and the adapter's parameters are frozen (``unmerge`` makes them trainable again if they
+        were), so that a merged adapter is never trained by mistake."""
         if self.merged:
             raise RuntimeError("adapter is already merged; call unmerge() first")
         delta = self.delta_weight()
@@ -92,13 +94,20 @@ class AdapterLayer(nn.Module):
             raise ValueError("the update holds NaN or inf; merging it would destroy the weight")
         w = self.base_layer.weight
         w += delta.to(w.dtype)
+        self._trainable = {n: p.requires_grad for n, p in self.adapter_parameters()}
+        for _, p in self.adapter_parameters():
+            p.requires_grad_(False)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the update again (exact up to float rounding)."""
+        """Subtract the update again (exact up to float rounding) and restore which adapter
+        parameters were trainable before ``merge``."""
         if not self.merged:
             raise RuntimeError("adapter is not merged; nothing to unmerge")
         w = self.base_layer.weight
         w -= self.delta_weight().to(w.dtype)
+        trainable = getattr(self, "_trainable", {})
+        for name, p in self.adapter_parameters():
+            p.requires_grad_(trainable.get(name, p.requires_grad))
         self.merged = False

@@ -8,6 +8,8 @@
 
 Merging is explicit: ``.eval()`` never merges. It refuses adapters whose update depends on the
 input (a routed multi-head LoRA) and updates that are not finite, before touching any weight.
+Merged adapters are frozen (``requires_grad=False``); unmerging makes trainable again those that
+were.
 """
 
 from __future__ import annotations
@@ -24,8 +26,19 @@ from mtlora_lite.adapters.targets import adapter_layers
 def merge_adapters(model: nn.Module) -> int:
     """Merge every adapter into its base weight; returns how many were merged."""
     layers = adapter_layers(model)
-    if any(a.merged for a in layers.values()):
-        raise RuntimeError("some adapters are already merged; call unmerge_adapters() first")
+    merged = [n for n, a in layers.items() if a.merged]
+    if merged:
+        shown = ", ".join(repr(n) for n in merged[:4]) + (", ..." if len(merged) > 4 else "")
+        if len(merged) == len(layers):
+            raise RuntimeError(
+                f"all {len(layers)} adapters are already merged ({shown}): call "
+                "unmerge_adapters(model) first"
+            )
+        raise RuntimeError(
+            f"the model is half-merged: {len(merged)} of {len(layers)} adapters are merged "
+            f"({shown}), the others not (e.g. after .merge() on single layers). Call "
+            "unmerge_adapters(model) (it unmerges the merged ones), then merge_adapters(model)"
+        )
     fixed = [n for n, a in layers.items() if not a.mergeable]
     if fixed:  # check all before touching any weight, so a failure never leaves a half-merged model
         raise RuntimeError(
@@ -46,13 +59,18 @@ def merge_adapters(model: nn.Module) -> int:
 
 
 def unmerge_adapters(model: nn.Module) -> int:
-    """Undo ``merge_adapters``; returns how many were unmerged."""
+    """Undo ``merge_adapters``: unmerge every merged adapter (also on a half-merged model, e.g.
+    after ``.merge()`` on single layers); returns how many were unmerged."""
     layers = adapter_layers(model)
-    if not all(a.merged for a in layers.values()):
-        raise RuntimeError("not all adapters are merged; call merge_adapters() first")
-    for a in layers.values():
+    merged = [a for a in layers.values() if a.merged]
+    if not merged:
+        raise RuntimeError(
+            f"none of the {len(layers)} adapters is merged: nothing to unmerge "
+            "(merge_adapters(model) merges them)"
+        )
+    for a in merged:
         a.unmerge()
-    return len(layers)
+    return len(merged)
 
 
 def unload_adapters(model: nn.Module) -> nn.Module:

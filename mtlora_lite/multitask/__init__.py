@@ -4,10 +4,11 @@
 
 ``tasks`` (``Task`` and its constructors per kind, Delta_m), ``metrics`` (streaming metrics) and
 ``losses``; ``decoders`` and ``models`` (multi-task models and their baselines, ``build_model``);
-``backbones`` (timm backbones and their multi-scale feature maps); ``train`` (``fit``),
-``evaluation`` (``evaluate``), ``runtime`` (device, seeds, autocast), ``history`` (``History``,
-callbacks), ``checkpoint``, ``distributed`` (torchrun / DDP) and ``tensorboard``; ``pascal``
-(the PASCAL-Context dataset). The names below are imported on first use. Imports
+``backbones`` (timm backbones and their multi-scale feature maps); ``train`` (``fit``) with
+``step`` (one optimizer step), ``schedule``, ``loaders``, ``checkpoint`` and ``resume``;
+``evaluation`` (``evaluate``), ``runtime`` (device, seeds), ``precision`` (bf16 / fp16 / fp32),
+``history`` (``History``, callbacks), ``distributed`` and ``startup`` (torchrun / DDP) and
+``tensorboard``; ``pascal`` (the PASCAL-Context dataset). The names below are imported on first use. Imports
 ``mtlora_lite.adapters``, never ``mtlora_lite.course``.
 """
 
@@ -35,7 +36,7 @@ _HOMES = {  # name -> the module of this package that defines it
     "timm_backbone": "backbones",
     "fit": "train",
     "evaluate": "evaluation",
-    "autocast": "runtime",
+    "autocast": "precision",
     "resolve_device": "runtime",
     "seed_everything": "runtime",
     "Callback": "history",

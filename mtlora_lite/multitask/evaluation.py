@@ -8,7 +8,7 @@ Under torchrun, each rank evaluates its shard and the metrics are merged (``mult
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from typing import Any
 
 import torch
@@ -17,7 +17,9 @@ from tqdm.auto import tqdm
 
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.history import Metrics
-from mtlora_lite.multitask.runtime import autocast, resolve_device, seed_everything
+from mtlora_lite.multitask.loaders import check_targets
+from mtlora_lite.multitask.precision import explain_dtype_errors
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.tasks import TaskLike
 
 __all__ = [  # seed_everything: importable from here too, as before runtime.py
@@ -58,17 +60,19 @@ def evaluate(
     loader: Iterable,
     *,
     device: str | torch.device = "auto",
-    amp: bool = True,
     progress: bool = False,
 ) -> Metrics:
-    """Each task's metrics over ``loader``, model in eval mode (its previous mode is restored).
+    """Each task's metrics over ``loader``, model in eval mode (its previous mode is restored),
+    in the model's own precision (no autocast: fp32 for an fp32 model, whatever ``fit`` trained in).
 
     Under torchrun each rank evaluates its shard of ``loader``'s dataset and the metrics are merged,
     so every rank returns the metrics of the whole set.
     """
+    if isinstance(loader, Sized) and len(loader) == 0:
+        raise ValueError("the evaluation loader yields no batches (its dataset is empty)")
     dev = resolve_device(device)
     ctx = distributed.launch(dev)
-    return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, amp, progress)
+    return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, progress)
 
 
 def evaluate_launched(
@@ -76,7 +80,6 @@ def evaluate_launched(
     tasks: Mapping[str, TaskLike],
     loader: Iterable,
     ctx: distributed.Launch,
-    amp: bool,
     progress: bool,
 ) -> Metrics:
     """``evaluate`` inside a launch ``ctx`` that its caller owns (``fit`` uses it between passes),
@@ -91,7 +94,8 @@ def evaluate_launched(
                 loader, desc="eval", disable=not (progress and ctx.main), leave=False
             ):
                 images, targets = batch_to(batch, dev)
-                with autocast(dev, amp):
+                check_targets(targets, tasks, "the evaluation loader")
+                with explain_dtype_errors(model, images):
                     preds = predict(model, images, tasks)
                 for name, metric in metrics.items():
                     metric.update(preds[name].float(), targets[name])

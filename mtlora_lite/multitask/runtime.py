@@ -1,16 +1,13 @@
-"""The runtime of a run: which device, which seeds, which precision.
+"""The runtime of a run: which device, which seeds (the precision: ``multitask.precision``).
 
     device = resolve_device("auto")      # cuda, then mps, then cpu
     seed_everything(0)                   # Python, NumPy and torch
-    with autocast(device, amp=True):     # bf16 on CUDA, full precision elsewhere
-        ...
 
 ``fit`` and ``evaluate`` use them; so can a training loop of your own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 import random
 
@@ -58,10 +55,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (seeds the legacy global RNG that user code may use)
     torch.manual_seed(seed)
-
-
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``amp``; full precision elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
