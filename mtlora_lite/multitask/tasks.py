@@ -45,6 +45,7 @@ __all__ = [  # the metrics and losses are importable from here too
     "normals_loss",
     "primary_metrics",
     "relative_changes",
+    "task_dict",
 ]
 
 
@@ -154,6 +155,21 @@ class Task:
     def new_metric(self) -> Metric:
         """A fresh streaming metric for one evaluation."""
         return self.metric_factory()
+
+
+def task_dict(tasks: Mapping[str, TaskLike] | TaskLike) -> dict[str, TaskLike]:
+    """``{name: task}``: a mapping as it is, or one task under its own name (what ``fit`` and
+    ``evaluate`` take). ``TypeError`` with the fix for anything else."""
+    if isinstance(tasks, Mapping):
+        if not tasks:
+            raise ValueError("tasks is empty: pass one task, or a dict {name: task} of several")
+        return dict(tasks)
+    if callable(getattr(tasks, "loss", None)) and isinstance(getattr(tasks, "name", None), str):
+        return {tasks.name: tasks}  # type: ignore[union-attr]
+    raise TypeError(
+        f"tasks must be one task (e.g. Task.classification('cls', 10)) or a dict {{name: task}}, "
+        f"got {type(tasks).__name__}"
+    )
 
 
 def primary_metrics(
