@@ -54,6 +54,7 @@ _HOMES = {  # name -> the module that defines it
     "Breakdown": f"{_A}.breakdown",
     "count_parameters": f"{_A}.breakdown",
     "trainable_breakdown": f"{_A}.breakdown",
+    "head_cosine_matrix": f"{_A}.heads",
     "head_similarity": f"{_A}.heads",
     "router_statistics": f"{_A}.heads",
     # multi-task models, tasks and training (its TensorBoard logs need tensorboard)
@@ -72,6 +73,7 @@ _HOMES = {  # name -> the module that defines it
     "HeadSimilarityRecorder": f"{_M}.history",
     "History": f"{_M}.history",
     "TensorBoardLogger": f"{_M}.tensorboard",
+    "is_main_process": f"{_M}.distributed",
 }
 __all__ = list(_HOMES)
 

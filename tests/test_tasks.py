@@ -294,3 +294,10 @@ def test_a_metric_without_merge_is_refused_when_the_task_is_built() -> None:
         Task.classification("c", 0)
     with pytest.raises(ValueError, match=r"without '\.'"):
         Task.segmentation("a.b", 3)
+
+
+def test_delta_m_takes_the_tasks_for_their_directions() -> None:
+    tasks = {"seg": Task.segmentation("seg", 3), "normals": Task.normals()}
+    multi, single = {"seg": 55.0, "normals": 18.0}, {"seg": 50.0, "normals": 20.0}
+    by_hand = delta_m(multi, single, {"seg": True, "normals": False})
+    assert delta_m(multi, single, tasks) == by_hand == pytest.approx((10.0 + 10.0) / 2)

@@ -21,6 +21,7 @@ _HOMES = {  # name -> the module of this package that defines it
     "delta_m": "tasks",
     "primary_metrics": "tasks",
     "relative_changes": "tasks",
+    "task_dict": "tasks",
     "Metric": "metrics",
     "AccuracyMetric": "metrics",
     "ConfusionMetric": "metrics",
@@ -43,6 +44,7 @@ _HOMES = {  # name -> the module of this package that defines it
     "HeadSimilarityRecorder": "history",
     "History": "history",
     "TensorBoardLogger": "tensorboard",
+    "is_main_process": "distributed",
 }
 __all__ = list(_HOMES)
 

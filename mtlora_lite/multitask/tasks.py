@@ -179,11 +179,22 @@ def primary_metrics(
     return {name: metrics[name][task.primary] for name, task in tasks.items()}
 
 
+Directions = Mapping[str, bool] | Mapping[str, Task]
+
+
+def _directions(given: Directions) -> dict[str, bool]:
+    """{task: higher is better} from booleans or from the tasks themselves."""
+    return {t: v.higher_is_better if isinstance(v, Task) else bool(v) for t, v in given.items()}
+
+
 def relative_changes(
-    multi: Mapping[str, float], single: Mapping[str, float], higher_is_better: Mapping[str, bool]
+    multi: Mapping[str, float], single: Mapping[str, float], higher_is_better: Directions
 ) -> dict[str, float]:
     """Each task's signed relative change in %: (-1)^l_t (M_mt,t - M_st,t) / M_st,t * 100, with
-    l_t = 1 where lower is better, so that positive always means better than single-task."""
+    l_t = 1 where lower is better, so that positive always means better than single-task.
+
+    ``higher_is_better``: ``{task: bool}``, or the tasks themselves (``{name: Task}``)."""
+    higher_is_better = _directions(higher_is_better)
     if not multi or set(multi) != set(single) or set(multi) != set(higher_is_better):
         raise ValueError(
             "multi, single and higher_is_better need the same non-empty task set, got "
@@ -199,9 +210,14 @@ def relative_changes(
 
 
 def delta_m(
-    multi: Mapping[str, float], single: Mapping[str, float], higher_is_better: Mapping[str, bool]
+    multi: Mapping[str, float], single: Mapping[str, float], higher_is_better: Directions
 ) -> float:
     """Delta_m in %: the mean over tasks of ``relative_changes`` (Maninis et al. 2019).
-    Positive = the multi-task model is better on average."""
+    Positive = the multi-task model is better on average.
+
+        delta_m(primary_metrics(mt, tasks), primary_metrics(st, tasks), tasks)
+
+    ``multi`` and ``single``: each task's primary metric; ``higher_is_better``: ``{task: bool}``
+    or the tasks themselves, which know their direction."""
     changes = relative_changes(multi, single, higher_is_better)
     return sum(changes.values()) / len(changes)
