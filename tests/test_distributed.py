@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtlora_lite.multitask.distributed import ShardSampler, launch, rank_and_world
+from mtlora_lite.multitask.distributed import ShardSampler, is_main_process, launch, rank_and_world
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = WORKER.parents[1]
@@ -130,3 +130,16 @@ def test_shard_sampler_covers_every_example_once() -> None:
     shards = [list(ShardSampler(13, r, 3)) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(13))
     assert [len(s) for s in shards] == [5, 4, 4]
+
+
+def test_is_main_process_is_rank_zero_or_a_single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_main_process()  # one process
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, main in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert is_main_process() is main

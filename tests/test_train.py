@@ -266,7 +266,7 @@ def test_fit_checks_its_numbers(option: str, value: float, message: str) -> None
     train, _ = loaders()
     with pytest.raises(ValueError, match=message):
         fit(TwoHeads(), TASKS, train, max_steps=1, progress=False, **{option: value})
-    with pytest.raises(ValueError, match="non-empty mapping"):
+    with pytest.raises(ValueError, match="tasks is empty: pass one task"):
         fit(TwoHeads(), {}, train, max_steps=1, progress=False)
 
 

@@ -15,12 +15,8 @@ that any change to the code makes every run new). A cached result is a real meas
 that run by this code, made earlier (notebook 03 reuses the single-task
 references notebook 02 measured); delete the folder or pass ``cache_dir=None`` to measure again.
 
-What the cache guarantees: an entry is written atomically after its run (a crash or a full disk
-leaves the previous entry or none, never half of one); before a run trains, the cache folder is
-checked to be writable (an ``OSError`` naming it, with the fix, instead of losing the run after
-training); an entry that cannot be read (cut short, edited, wrong fields) is named in a warning,
-trained again and overwritten; and if writing still fails after training (the disk filled up
-meanwhile), a warning says so and the result is returned anyway.
+What the cache guarantees under kills, full disks and damaged entries is stated once, in the
+README's "What the cache guarantees"; ``_cached_run`` below keeps it.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@
 
 A record carries each task's primary metric *name* and direction with its value, so tables and
 the run explorer (``course.widgets``) work for runs of your own tasks too. Records are written
-atomically (a crash leaves the old file or none); ``read_record`` raises ``ValueError`` naming
-the file for anything that is not a complete record, and ``load_results`` skips such files with
-a warning that names them.
+with ``adapters.atomic``; ``read_record`` raises ``ValueError`` naming the file for anything that
+is not a complete record, and ``load_results`` skips such files with a warning that names them.
 """
 
 from __future__ import annotations

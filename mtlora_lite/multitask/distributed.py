@@ -61,6 +61,17 @@ class Launch:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """True in the process that should print and write files: rank 0 under ``torchrun``, and
+    always in a single process. Guard your own script's output with it:
+
+        history = fit(model, task, loader)       # every process trains its shard
+        if is_main_process():
+            save_adapters(model, "adapters.safetensors")
+    """
+    return rank_and_world()[0] == 0
+
+
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) as torchrun sets them in the environment, checked
     (``startup.torchrun_environment``); (0, 1) in one process."""

@@ -1,6 +1,7 @@
 """What ``fit`` needs from its loaders: how many steps a pass takes, the same shuffle for the
-same (seed, epoch), targets for every task (``check_targets``; ``check_val_loader`` looks at the
-validation data before training), and an identity of the data that a resumed run must share.
+same (seed, epoch), targets for every task (``task_targets``: a dict, or a plain tensor for the
+one task of a single-task run; ``check_val_loader`` looks at the validation data before
+training), and an identity of the data that a resumed run must share.
 
 ``data_identity(loader)`` is cheap by design (it never reads the data set through): a data set
 that offers ``data_identity() -> str`` (e.g. a checksum of its files) is taken at its word;
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 
@@ -50,13 +52,18 @@ def reseed(loader: Iterable, seed: int, epoch: int) -> None:
         loader.generator.manual_seed(seed + epoch)  # type: ignore[union-attr]
 
 
-def check_targets(targets: Any, tasks: Iterable[str], what: str) -> None:
-    """Raise ``KeyError`` naming the missing tasks unless ``targets`` (a batch's second item) is a
-    mapping with a target for every task; ``what`` names the loader."""
+def task_targets(targets: Any, tasks: Iterable[str], what: str) -> Mapping[str, Tensor]:
+    """A batch's targets by task: ``targets`` (a batch's second item) if it is a mapping with a
+    target for every task, or ``{task: targets}`` for a plain tensor when there is one task (a
+    plain ``(x, y)`` loader); else an error naming the loader (``what``) and the fix."""
+    tasks = list(tasks)
+    if isinstance(targets, Tensor) and len(tasks) == 1:
+        return {tasks[0]: targets}
     if not isinstance(targets, Mapping):
+        plain = "a plain (x, y) loader serves one task only; " if len(tasks) > 1 else ""
         raise TypeError(
-            f"{what} must yield (images, targets) with targets a dict task name -> tensor, got "
-            f"targets of type {type(targets).__name__}"
+            f"{what} must yield (images, targets) with targets a dict task name -> tensor "
+            f"({plain}tasks: {tasks}), got targets of type {type(targets).__name__}"
         )
     missing = [t for t in tasks if t not in targets]
     if missing:
@@ -64,6 +71,7 @@ def check_targets(targets: Any, tasks: Iterable[str], what: str) -> None:
             f"{what} gives no targets for tasks {missing} (it has {sorted(targets)}): give it a "
             "target for every task, or train / evaluate only the tasks it has"
         )
+    return targets
 
 
 def check_val_loader(loader: Iterable, tasks: Iterable[str]) -> None:
@@ -85,8 +93,8 @@ def check_val_loader(loader: Iterable, tasks: Iterable[str]) -> None:
             "val_loader yields no batches: pass validation data, or val_loader=None to train "
             "without validation"
         )
-    check_targets(batch[1] if isinstance(batch, list | tuple) and len(batch) == 2 else None,
-                  tasks, "val_loader")  # fmt: skip
+    task_targets(batch[1] if isinstance(batch, list | tuple) and len(batch) == 2 else None,
+                 tasks, "val_loader")  # fmt: skip
 
 
 def _feed(h: Any, item: Any) -> bool:

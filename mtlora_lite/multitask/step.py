@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,20 +20,10 @@ from torch import Tensor, nn
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.evaluation import predict
 from mtlora_lite.multitask.history import History
-from mtlora_lite.multitask.loaders import check_targets
 from mtlora_lite.multitask.precision import autocast, explain_dtype_errors
+from mtlora_lite.multitask.tasks import TaskLike
 
 MAX_SKIPPED_IN_A_ROW = 30  # fp16: steps skipped in a row (inf / NaN gradients) before fit stops
-
-
-class TrainTask(Protocol):
-    """What the trainer needs from a task (``mtlora_lite.multitask.tasks.Task`` has it)."""
-
-    name: str
-
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
-
-    def new_metric(self) -> Any: ...
 
 
 @dataclass
@@ -42,7 +32,7 @@ class Run:
 
     model: nn.Module  # the model itself: callbacks, evaluation, checkpoints
     ddp_model: nn.Module  # what the steps run through: the model, or its DDP wrapper
-    tasks: Mapping[str, TrainTask]
+    tasks: Mapping[str, TaskLike]
     weights: Mapping[str, float]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -63,7 +53,6 @@ def weighted_loss(
     """``sum_t weights[t] * loss_t`` (the scalar to back-propagate), its value and each task's loss
     (means over ranks under torchrun). Raises if it is not finite (on every rank alike), except
     under fp16 loss scaling, which skips such a step."""
-    check_targets(targets, run.tasks, "train_loader")
     with autocast(images.device, run.precision), explain_dtype_errors(run.model, images):
         preds = predict(run.ddp_model, images, run.tasks)
         losses = {n: t.loss(preds[n].float(), targets[n]) for n, t in run.tasks.items()}

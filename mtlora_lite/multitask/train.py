@@ -1,8 +1,13 @@
 """A small multi-task trainer: ``fit`` (AdamW, warmup + cosine, clipping) and ``evaluate``.
 
-The model maps images (B, 3, H, W) to ``dict[task -> prediction]``; the loader yields
-``(images, targets)`` with ``targets`` a ``dict[task -> Tensor]``; each ``Task`` gives the loss and a
-streaming metric. The trainer records a ``History`` (``multitask.history``) and never draws.
+Several tasks: the model maps images (B, 3, H, W) to ``dict[task -> prediction]`` and the loader
+yields ``(images, targets)`` with ``targets`` a ``dict[task -> Tensor]``. One task: pass the task
+itself, a model that returns a plain tensor and a loader of plain ``(x, y)`` batches:
+
+    fit(model, Task.classification("cls", 10), loader)        # any nn.Module, any (x, y) loader
+
+Each task gives the loss and a streaming metric. The trainer records a ``History``
+(``multitask.history``) and never draws.
 
 The same call trains in one process or, started by ``torchrun``, in N (``multitask.distributed``):
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,14 +54,17 @@ from mtlora_lite.multitask.precision import (
 from mtlora_lite.multitask.resume import check_same_run, run_identity, run_settings
 from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.schedule import build_optimizer, build_scheduler, lr_factor
-from mtlora_lite.multitask.step import Run, TrainTask, record_skip, train_step
+from mtlora_lite.multitask.step import Run, record_skip, train_step
+from mtlora_lite.multitask.tasks import TaskLike, task_dict
 
-__all__ = ["TrainTask", "fit", "lr_factor"]  # the first and last live in step.py, schedule.py
+__all__ = ["fit", "lr_factor"]  # lr_factor lives in schedule.py
+
+SHOWN_MEAN = 10  # the progress bar shows the last step's loss and its mean over this many steps
 
 
 def fit(
     model: nn.Module,
-    tasks: Mapping[str, TrainTask],
+    tasks: Mapping[str, TaskLike] | TaskLike,
     train_loader: Iterable,
     val_loader: Iterable | None = None,
     *,
@@ -80,6 +89,10 @@ def fit(
     ddp_options: Mapping[str, Any] | None = None,
 ) -> History:
     """Train ``model`` on the weighted sum of task losses, ``sum_t loss_weights[t] * loss_t``.
+
+    ``tasks`` is a dict ``{name: task}`` (the model returns ``{name: prediction}``, the loaders
+    yield ``(images, {name: target})``), or one task: then the model may return a plain tensor
+    and the loaders may yield plain ``(x, y)`` batches (module docstring).
 
     Schedule: ``epochs`` passes over ``train_loader``, or exactly ``max_steps`` steps if given
     (looping over the loader as needed); linear warm-up over the fraction ``warmup`` of all steps
@@ -117,8 +130,7 @@ def fit(
     KeyboardInterrupt) carries the History so far as ``err.history``; the model's train / eval
     mode is restored in every case.
     """
-    if not isinstance(tasks, Mapping) or not tasks:
-        raise ValueError(f"tasks must be a non-empty mapping name -> task, got {tasks!r}")
+    tasks = task_dict(tasks)
     unknown = set(loss_weights or {}) - set(tasks)
     if unknown:
         raise KeyError(
@@ -231,6 +243,13 @@ def fit(
     return history
 
 
+def progress_text(recent: Sequence[float]) -> str:
+    """What the progress bar shows after a step: the step's training loss (the weighted sum over
+    tasks, as logged in the History) and its mean over the last ``SHOWN_MEAN`` steps."""
+    mean = sum(recent) / len(recent)
+    return f"loss {recent[-1]:.4f}, mean of last {len(recent)} steps {mean:.4f}"
+
+
 def _check_callbacks(callbacks: Sequence[Callback]) -> None:
     """Refuse a callback whose ``on_fit_start`` cannot take the step ``fit`` starts from."""
     for cb in callbacks:
@@ -264,7 +283,8 @@ def _train(
             f"{ctx.world_size * batch_size}; lr is used as given"
         )
     step = len(history.steps)
-    n_images, train_time, smooth = 0, 0.0, None
+    n_images, train_time = 0, 0.0
+    recent: deque[float] = deque(maxlen=SHOWN_MEAN)  # the losses the progress bar averages
     start = time.perf_counter() - history.wall_time_s
     model.train()
     for cb in callbacks:
@@ -275,14 +295,14 @@ def _train(
             reseed(loader, seed, epoch)
             tic, steps_before = time.perf_counter(), step
             for batch in loader:
-                images, targets = batch_to(batch, ctx.device)
+                images, targets = batch_to(batch, ctx.device, run.tasks, "train_loader")
                 logs = train_step(run, images, targets, step + 1)
                 step, n_images = step + 1, n_images + images.shape[0] * ctx.world_size
                 history.steps.append(logs)
                 record_skip(history, logs)
-                smooth = logs["loss"] if smooth is None else 0.9 * smooth + 0.1 * logs["loss"]
+                recent.append(logs["loss"])
                 bar.update(1)
-                bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
+                bar.set_postfix_str(progress_text(recent), refresh=False)
                 for cb in callbacks:
                     cb.on_step_end(step, model, logs)
                 if step >= total:
