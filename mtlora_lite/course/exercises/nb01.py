@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_lite.adapters.lora import LoRALinear, mark_only_adapters_trainable
+from mtlora_lite.adapters import LoRALinear, mark_only_adapters_trainable
 from mtlora_lite.course.exercises.core import (
     Exercise,
     NotAnswered,
