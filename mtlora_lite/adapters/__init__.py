@@ -8,7 +8,7 @@ LoRA and multi-head LoRA, dropout masks); ``freezing`` (by structure); ``merging
 unload, disable); ``blocks`` (LoRA on chosen blocks of a fused Linear: q / v of timm's qkv);
 ``multihead`` (HydraLoRA / R-LoRA); ``mtlora`` (MTLoRA's config and TA / TS layers) and ``swin``
 (MTLoRA on a timm Swin: injection, task streams, ``SwinTaskEncoder``); ``saving`` (adapter-only
-safetensors, checksummed); ``peft`` (Hugging Face PEFT's LoRA folders, both ways); ``breakdown``
+safetensors, checksummed) and ``registry`` (re-creating adapters from a file's configs); ``peft`` (Hugging Face PEFT's LoRA folders, both ways); ``breakdown``
 (exact parameter counts); ``heads`` (multi-head diagnostics); ``checks`` (numeric options at the
 API boundary) and ``atomic`` (files that are never half written).
 
