@@ -57,6 +57,8 @@ _HOMES = {  # name -> the module that defines it
     "head_cosine_matrix": f"{_A}.heads",
     "head_similarity": f"{_A}.heads",
     "router_statistics": f"{_A}.heads",
+    "plot_head_similarity": f"{_A}.head_plots",
+    "plot_head_similarity_curves": f"{_A}.head_plots",
     # multi-task models, tasks and training (its TensorBoard logs need tensorboard)
     "MultiTaskNet": f"{_M}.models",
     "build_model": f"{_M}.models",

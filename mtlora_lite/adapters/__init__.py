@@ -9,7 +9,8 @@ unload, disable); ``blocks`` (LoRA on chosen blocks of a fused Linear: q / v of 
 ``multihead`` (HydraLoRA / R-LoRA); ``mtlora`` (MTLoRA's config and TA / TS layers) and ``swin``
 (MTLoRA on a timm Swin: injection, task streams, ``SwinTaskEncoder``); ``saving`` (adapter-only
 safetensors, checksummed) and ``registry`` (re-creating adapters from a file's configs); ``peft`` (Hugging Face PEFT's LoRA folders, both ways); ``breakdown``
-(exact parameter counts); ``heads`` (multi-head diagnostics); ``checks`` (numeric options at the
+(exact parameter counts); ``heads`` (multi-head diagnostics) and ``head_plots`` (their figures,
+matplotlib); ``checks`` (numeric options at the
 API boundary) and ``atomic`` (files that are never half written).
 
 The names below are imported on first use, so ``import mtlora_lite.adapters`` costs nothing and
@@ -60,6 +61,9 @@ _HOMES = {  # name -> the module of this package that defines it
     "head_cosine_matrix": "heads",
     "head_similarity": "heads",
     "router_statistics": "heads",
+    "plot_head_cosine_matrix": "head_plots",
+    "plot_head_similarity": "head_plots",
+    "plot_head_similarity_curves": "head_plots",
 }
 __all__ = list(_HOMES)
 
