@@ -61,6 +61,7 @@ _HOMES = {  # name -> the module that defines it
     "plot_head_similarity_curves": f"{_A}.head_plots",
     # multi-task models, tasks and training (its TensorBoard logs need tensorboard)
     "MultiTaskNet": f"{_M}.models",
+    "TaskHeads": f"{_M}.models",
     "build_model": f"{_M}.models",
     "paper_breakdown": f"{_M}.models",
     "Task": f"{_M}.tasks",

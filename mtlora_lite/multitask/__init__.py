@@ -3,7 +3,8 @@
     from mtlora_lite.multitask import Task, build_model, fit
 
 ``tasks`` (``Task`` and its constructors per kind, Delta_m), ``metrics`` (streaming metrics) and
-``losses``; ``decoders`` and ``models`` (multi-task models and their baselines, ``build_model``);
+``losses``; ``decoders``, ``encoders`` and ``models`` (multi-task models and their baselines on any timm
+backbone, ``build_model``; ``TaskHeads``);
 ``backbones`` (timm backbones and their multi-scale feature maps); ``train`` (``fit``) with
 ``step`` (one optimizer step), ``schedule``, ``loaders``, ``checkpoint`` and ``resume``;
 ``evaluation`` (``evaluate``), ``runtime`` (device, seeds), ``precision`` (bf16 / fp16 / fp32),
@@ -31,6 +32,8 @@ _HOMES = {  # name -> the module of this package that defines it
     "ClassificationHead": "decoders",
     "DenseDecoder": "decoders",
     "MultiTaskNet": "models",
+    "TaskHeads": "models",
+    "FeatureEncoder": "encoders",
     "build_model": "models",
     "paper_breakdown": "models",
     "stage_features": "backbones",
