@@ -2,10 +2,12 @@
 process): the same model, data and seed in every mode, so the runs can be compared.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT [--fail | --uneven]
-    python tests/ddp_worker.py OUT --single              # one process, batch 2 x BATCH
+    python tests/ddp_worker.py OUT --single              # one process, batch 2 x BATCH, the
+                                                         # order of a DistributedSampler
+    python tests/ddp_worker.py OUT --single --plain      # the same with a plain shuffled loader
 
 Writes OUT/params.safetensors (the trained trainable parameters) and OUT/metrics.json (fit's last
-validation and a separate evaluate) from rank 0.
+validation, a separate evaluate and every step's loss) from rank 0.
 """
 
 from __future__ import annotations
@@ -16,32 +18,17 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from mtlora_lite import Task, build_model, evaluate, fit
 from mtlora_lite.course.backbones import build_course_swin
-from mtlora_lite.multitask.tasks import AccuracyMetric
 
 BATCH, N_TRAIN, N_VAL, SEED = 4, 32, 13, 7  # N_VAL odd: the ranks' shards differ in size
 
 
-def _task(name: str, classes: int) -> Task:
-    return Task(
-        name=name,
-        kind="classification",
-        out_channels=classes,
-        dense=False,
-        primary="acc",
-        higher_is_better=True,
-        loss_fn=F.cross_entropy,
-        metric_factory=AccuracyMetric,
-    )
-
-
-TASKS = {"a": _task("a", 3), "b": _task("b", 4)}
+TASKS = {"a": Task.classification("a", 3), "b": Task.classification("b", 4)}
 
 
 class Data(TensorDataset):
@@ -78,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--single", action="store_true", help="one process, the doubled batch")
+    parser.add_argument("--plain", action="store_true", help="with --single: shuffle=True")
     parser.add_argument("--fail", action="store_true", help="rank 1 raises during training")
     parser.add_argument("--uneven", action="store_true", help="rank 1 has 2 examples fewer")
     args = parser.parse_args()
@@ -86,7 +74,11 @@ def main() -> None:
     model = build_model(swin, TASKS, "mtlora", shared_rank=2, task_rank=2, dropout=0.0)
     uneven = args.uneven and os.environ.get("RANK") == "1"
     train = Data(N_TRAIN - 2 if uneven else N_TRAIN, SEED)
-    if args.single:  # the permutation a DistributedSampler draws, in one batch of both ranks' data
+    if args.single and args.plain:  # another order than the ranks' shards
+        loader = DataLoader(train, batch_size=2 * BATCH, shuffle=True)
+    elif (
+        args.single
+    ):  # the permutation a DistributedSampler draws, in one batch of both ranks' data
         sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=SEED)
         loader = DataLoader(train, batch_size=2 * BATCH, sampler=sampler)
     else:
@@ -102,6 +94,7 @@ def main() -> None:
         trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trained, str(args.out / "params.safetensors"))
         record = {"fit": history.final, "evaluate": metrics, "steps": len(history.steps)}
+        record["losses"] = [step["loss"] for step in history.steps]
         (args.out / "metrics.json").write_text(json.dumps(record))
 
 

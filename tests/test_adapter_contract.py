@@ -301,3 +301,21 @@ def test_mtlora_on_a_swin_disables_to_the_base_features_and_unloads_as_shared_lo
     stock.load_state_dict(unload_adapters(shared).state_dict(), strict=True)
     for got, want in zip(SwinTaskEncoder(stock, tasks)(x)["seg"], adapted_shared, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_model_without_adapters_recreates_them_from_the_file(kind: str, tmp_path: Path) -> None:
+    _, model = build(kind)
+    randomize(model)
+    save_adapters(model, tmp_path / "a.safetensors")
+    torch.manual_seed(0)
+    fresh = Toy().eval()  # the base alone: no inject call
+    load_adapters(fresh, tmp_path / "a.safetensors")
+    ours, theirs = adapter_layers(fresh), adapter_layers(model)
+    assert {p: type(a) for p, a in ours.items()} == {p: type(a) for p, a in theirs.items()}
+    assert {p: a.adapter_config() for p, a in ours.items()} == {
+        p: a.adapter_config() for p, a in theirs.items()
+    }
+    assert torch.equal(fresh(x_in()), model(x_in()))
+    for a, b in zip(task_outputs(fresh), task_outputs(model), strict=True):
+        assert torch.equal(a, b)

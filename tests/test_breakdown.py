@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 from torch import nn
 
 from mtlora_lite.adapters.breakdown import count_parameters, trainable_breakdown
 from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.lora import inject_lora
+from mtlora_lite.adapters.swin import inject_mtlora
+from mtlora_lite.course.backbones import build_course_swin
 
 
 def test_breakdown_on_swin_tiny_is_exact() -> None:
@@ -53,3 +56,30 @@ def test_model_defined_groups() -> None:
     assert table.rows["decoders"] == (10, 10)
     assert table.rows["lora"] == (16, 16)
     assert table.rows["other"] == (0, 20)  # the frozen base layer inside the adapter
+
+
+def test_your_groups_come_before_the_models_and_unmatched_ones_are_refused() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 4)
+            self.decoders = nn.ModuleDict({"mask": nn.Linear(4, 2), "depth": nn.Linear(4, 1)})
+
+        def breakdown_groups(self) -> dict[str, str]:
+            return {"decoders": "decoders"}
+
+    net = Net()
+    table = trainable_breakdown(net, {"mask decoder": "decoders.mask"})
+    assert table.rows["mask decoder"] == (10, 10) and table.rows["decoders"] == (5, 5)
+    with pytest.raises(ValueError, match=r"groups \['typo'\] match no parameter.*'decoders'"):
+        trainable_breakdown(net, {"typo": "decoder.mask"})
+
+
+def test_ts_lora_split_per_task() -> None:
+    swin = build_course_swin()
+    inject_mtlora(swin, ["seg", "depth"], shared_rank=2, task_rank={"seg": 2, "depth": 4})
+    whole = trainable_breakdown(swin).rows["ts_lora"]
+    split = trainable_breakdown(swin, per_task=True).rows
+    assert "ts_lora" not in split
+    assert split["ts_lora/depth"][1] == 2 * split["ts_lora/seg"][1]  # rank 4 against rank 2
+    assert split["ts_lora/seg"][1] + split["ts_lora/depth"][1] == whole[1]

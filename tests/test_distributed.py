@@ -28,12 +28,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory, run_python: Callable) -> dict
     out = tmp_path_factory.mktemp("ddp")
     single = run_python([str(WORKER), str(out / "single"), "--single"])
     assert single.returncode == 0, single.stderr[-3000:]
+    plain = run_python([str(WORKER), str(out / "plain"), "--single", "--plain"])
+    assert plain.returncode == 0, plain.stderr[-3000:]
     ddp = run_python(_torchrun(str(WORKER), str(out / "ddp")))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    return {"single": out / "single", "ddp": out / "ddp"}
+    return {"single": out / "single", "ddp": out / "ddp", "plain": out / "plain"}
 
 
 def test_two_processes_train_what_one_does_with_the_doubled_batch(runs: dict[str, Path]) -> None:
+    """The README's claim as it stands: batch B in each of two processes trains to the same
+    parameters as batch 2B in one process whose loader draws the same order (a DistributedSampler
+    with num_replicas=1 and the seed); a plain shuffled loader draws another order, so its losses
+    differ from the first step."""
     single, ddp = (load_file(str(runs[k] / "params.safetensors")) for k in ("single", "ddp"))
     assert single.keys() == ddp.keys() and any("ts_lora" in k or "tasks." in k for k in single)
     for name in single:
@@ -41,8 +47,11 @@ def test_two_processes_train_what_one_does_with_the_doubled_batch(runs: dict[str
     # MTLoRA's last shared fc2 update never gets a gradient ("official" mode): DDP skipped it
     never = "encoder.backbone.layers.3.blocks.0.mlp.fc2.lora_B"
     assert not ddp[never].any() and not single[never].any()
-    steps = [json.loads((runs[k] / "metrics.json").read_text())["steps"] for k in runs]
-    assert steps == [8, 8]  # 32 examples, batch 8 (4 per rank), 2 epochs
+    record = {k: json.loads((runs[k] / "metrics.json").read_text()) for k in runs}
+    assert [r["steps"] for r in record.values()] == [8, 8, 8]  # 32 examples, batch 8, 2 epochs
+    for a, b in zip(record["single"]["losses"], record["ddp"]["losses"], strict=True):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    assert record["plain"]["losses"][0] != pytest.approx(record["ddp"]["losses"][0], rel=1e-3)
 
 
 def test_metrics_reduced_over_ranks_are_those_of_one_process(runs: dict[str, Path]) -> None:

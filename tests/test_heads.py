@@ -10,15 +10,16 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from mtlora_lite.adapters.heads import head_cosine_matrix, head_similarity, router_statistics
-from mtlora_lite.adapters.multihead import MultiHeadLoRALinear, inject_multihead_lora
-from mtlora_lite.course.plots import (
+from mtlora_lite.adapters.head_plots import (
     plot_head_cosine_matrix,
     plot_head_similarity,
     plot_head_similarity_curves,
-    plot_per_task_accuracy,
     split_layer_name,
 )
+from mtlora_lite.adapters.heads import head_cosine_matrix, head_similarity, router_statistics
+from mtlora_lite.adapters.multihead import MultiHeadLoRALinear, inject_multihead_lora
+from mtlora_lite.course import plots as course_plots
+from mtlora_lite.course.plots import plot_per_task_accuracy
 from mtlora_lite.multitask.history import HeadSimilarityRecorder
 from mtlora_lite.multitask.train import fit
 
@@ -209,3 +210,13 @@ def test_plots_return_labelled_figures() -> None:
         "shape",
     ]
     fig.savefig(io.BytesIO(), format="png")  # renders without error
+
+
+def test_the_head_figures_are_the_librarys_and_exported() -> None:
+    import mtlora_lite
+    import mtlora_lite.adapters as adapters
+
+    assert course_plots.plot_head_similarity is plot_head_similarity  # the course re-exports them
+    assert adapters.plot_head_similarity_curves is plot_head_similarity_curves
+    assert mtlora_lite.plot_head_similarity is plot_head_similarity
+    assert mtlora_lite.head_cosine_matrix is head_cosine_matrix

@@ -154,8 +154,9 @@ def test_builder_errors() -> None:
         build_model(backbone(), TASKS, "shared_lora", task_stages=(0,))
     with pytest.raises(ValueError, match="unknown tasks"):
         build_model(backbone(), TASKS, "mtlora", task_rank={"seg": 2, "depth": 2})
-    with pytest.raises(TypeError, match="SwinTransformer"):
-        build_model(timm.create_model("vit_small_patch16_224", device="meta"), TASKS, "decoders")
+    vit = timm.create_model("vit_small_patch16_224", device="meta")
+    with pytest.raises(TypeError, match=r"'mtlora'.*needs a timm SwinTransformer.*'shared_lora'"):
+        build_model(vit, TASKS, "mtlora")
     with pytest.raises(ValueError, match="unique"):
         build_model(backbone(), [TASKS[0], TASKS[0]], "full")
     with pytest.raises(ValueError, match="task list is empty"):

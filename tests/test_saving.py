@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mtlora_lite.adapters import saving
+from mtlora_lite.adapters.fingerprint import tensor_digest
 from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
-from mtlora_lite.adapters.lora import inject_lora
+from mtlora_lite.adapters.lora import LoRALinear, inject_lora
 from mtlora_lite.adapters.merging import merge_adapters
 from mtlora_lite.adapters.saving import (
     FORMAT,
@@ -271,3 +273,84 @@ def test_trainable_modules_keep_their_statistics(tmp_path: Path) -> None:
         assert torch.equal(getattr(fresh[1], name), getattr(trained[1], name)), name
     x = torch.randn(5, 4)
     torch.testing.assert_close(fresh.eval()(x), trained.eval()(x))
+
+
+def test_a_fresh_timm_model_loads_lora_and_head_without_the_inject_call(tmp_path: Path) -> None:
+    def vit() -> nn.Module:
+        torch.manual_seed(0)
+        return timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+            num_classes=3,
+        ).eval()  # fmt: skip
+
+    model = vit()
+    inject_lora(model, ["attn.qkv", "mlp.fc1"], rank=4, alpha=8, dropout=0.1)
+    mark_only_adapters_trainable(model, extra=["head"])
+    fine_tune_vit(model)
+    path = save_adapters(model, tmp_path / "vit.safetensors")
+    fresh = vit()
+    load_adapters(fresh, path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(fresh(x), model(x))
+    layer = fresh.get_submodule("blocks.1.attn.qkv")
+    assert isinstance(layer, LoRALinear) and (layer.rank, layer.alpha, layer.dropout) == (4, 8, 0.1)
+    assert len(adapter_layers(fresh)) == 4
+
+
+def fine_tune_vit(model: nn.Module) -> None:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        model(torch.randn(4, 3, 32, 32)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_recreating_refuses_another_architecture_or_base_and_leaves_the_model(
+    tmp_path: Path,
+) -> None:
+    path = save_adapters(make_model(seed=1), tmp_path / "a.safetensors")
+    other = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))  # layer 2 is 16 -> 4
+    with pytest.raises(ValueError, match=r"adapter for '2', a Linear 16 -> 8.*architecture"):
+        load_adapters(other, path)
+    assert not adapter_layers(other)
+    torch.manual_seed(5)  # another "pretrained" base of the same shape
+    base = nn.Sequential(
+        nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+    )
+    before = {n: p.clone() for n, p in base.state_dict().items()}
+    with pytest.raises(ValueError, match="trained on another base model"):
+        load_adapters(base, path)
+    assert not adapter_layers(base)  # put back as it was
+    assert all(torch.equal(t, before[n]) for n, t in base.state_dict().items())
+
+
+def test_format_2_files_load_into_an_injected_model_only(tmp_path: Path) -> None:
+    """A file of the previous format: LoRA configs without dropout and scaling."""
+    trained = make_model(seed=1)
+    path = save_adapters(trained, tmp_path / "v3.safetensors")
+    meta, _, tensors = saving._read(path)
+    old = {
+        p: {k: v for k, v in c.items() if k not in ("dropout", "scaling")}
+        for p, c in json.loads(meta["adapters"]).items()
+    }
+    meta.update(format=saving.FORMAT_V2, adapters=json.dumps(old, sort_keys=True))
+    meta["sha256"] = tensor_digest(sorted(tensors.items()), meta["adapters"])
+    v2 = tmp_path / "v2.safetensors"
+    save_file(tensors, str(v2), metadata=meta)
+    fresh = make_model(seed=2)
+    load_adapters(fresh, v2)
+    x = torch.randn(3, 8)
+    assert torch.equal(fresh(x), trained(x))
+    with pytest.raises(ValueError, match=r"older format.*inject the model as when"):
+        load_adapters(nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)), v2)
+
+
+def test_dropout_is_not_compared_on_load(tmp_path: Path) -> None:
+    path = save_adapters(make_model(seed=1), tmp_path / "a.safetensors")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+    )
+    inject_lora(model, ["0", "2"], rank=3, dropout=0.3)  # trained without dropout: same function
+    mark_only_adapters_trainable(model, extra=["4"])
+    load_adapters(model, path)

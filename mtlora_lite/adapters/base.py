@@ -9,7 +9,7 @@ update that ``merge`` folds into the base weight.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -72,6 +72,12 @@ class AdapterLayer(nn.Module):
     def adapter_config(self) -> dict[str, object]:
         """JSON-serialisable hyper-parameters; saved with the weights and checked on load."""
         return {"type": type(self).__name__}
+
+    @classmethod
+    def from_adapter_config(cls, base_layer: nn.Linear, config: Mapping[str, Any]) -> AdapterLayer:
+        """A new adapter around ``base_layer`` built from ``adapter_config()`` as saved: what
+        ``load_adapters`` re-creates a file's adapters with."""
+        raise NotImplementedError(f"{cls.__name__} cannot be re-created from its saved config")
 
     @property
     def mergeable(self) -> bool:

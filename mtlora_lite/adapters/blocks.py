@@ -16,7 +16,7 @@ stacked [W_q; W_v]. ``inject_qkv_lora`` puts it on every ``attn.qkv``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -104,6 +104,13 @@ class BlockLoRALinear(LoRALinear):
     def adapter_config(self) -> dict[str, object]:
         blocks = {"blocks": list(self.blocks), "block_names": list(self.block_names)}
         return {**super().adapter_config(), **blocks}
+
+    @classmethod
+    def from_adapter_config(
+        cls, base_layer: nn.Linear, config: Mapping[str, Any]
+    ) -> BlockLoRALinear:
+        lora = LoRAConfig.from_adapter_config(config)
+        return cls(base_layer, config["blocks"], lora, block_names=config["block_names"])
 
     def extra_repr(self) -> str:
         return f"blocks={self.blocks} of {self.block_names}, {super().extra_repr()}"

@@ -88,24 +88,27 @@ def _group_of(
     return "other"
 
 
-def trainable_breakdown(model: nn.Module, groups: Mapping[str, Targets] | None = None) -> Breakdown:
+def trainable_breakdown(
+    model: nn.Module, groups: Mapping[str, Targets] | None = None, per_task: bool = False
+) -> Breakdown:
     """Exact (trainable, total) parameter counts per group.
 
     Args:
         model: any module; adapters are recognised by type (``AdapterLayer``).
-        groups: extra groups by module name, checked first, e.g. ``{"head": "head"}``. A module
-            may define ``breakdown_groups() -> dict`` to provide defaults (merged under ``groups``).
+        groups: your groups by module name, e.g. ``{"head": "head", "mask decoder":
+            "decoders.mask"}``. They come right after the adapters' own rows, before the model's
+            defaults: a module may define ``breakdown_groups() -> dict`` (``MultiTaskNet`` does:
+            decoders, heads, ...). A group of yours that matches no parameter is a ``ValueError``.
+        per_task: split MTLoRA's TS-LoRA row by task (``ts_lora/<task>``).
 
-    Groups: each adapter's ``adapter_group`` for its own parameters (a sub-module of an adapter may
-    declare its own ``adapter_group``, e.g. MTLoRA's task branches); then ``groups``; then
-    ``norms`` (by module type), ``position bias``, ``embedding``; else ``other``. The base weights
-    inside an adapter are grouped like any other frozen layer (``other``).
+    Order, first match wins: each adapter's ``adapter_group`` for its own parameters (a
+    sub-module of an adapter may declare its own, e.g. MTLoRA's task branches, ``ts_lora``);
+    ``groups``; the model's ``breakdown_groups``; ``norms`` (by module type), ``position bias``,
+    ``embedding``; else ``other``. The base weights inside an adapter are grouped like any other
+    frozen layer (``other``).
     """
-    merged_groups: dict[str, Targets] = {}
-    if hasattr(model, "breakdown_groups"):
-        merged_groups.update(model.breakdown_groups())
-    merged_groups.update(groups or {})
-
+    defaults = dict(model.breakdown_groups()) if hasattr(model, "breakdown_groups") else {}
+    ordered = {**(groups or {}), **{g: t for g, t in defaults.items() if g not in (groups or {})}}
     adapters = {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
 
     def adapter_group(mod_name: str, module: nn.Module) -> str | None:
@@ -114,7 +117,10 @@ def trainable_breakdown(model: nn.Module, groups: Mapping[str, Targets] | None =
             inside = mod_name == path or mod_name.startswith(path + ".")
             in_base = (mod_name + ".").startswith(path + ".base_layer.")
             if inside and not in_base:
-                return getattr(module, "adapter_group", adapter.adapter_group)
+                group = getattr(module, "adapter_group", adapter.adapter_group)
+                if per_task and group == "ts_lora":  # a task branch: adapter.tasks.<task>
+                    return f"ts_lora/{mod_name.rsplit('.', 1)[-1]}"
+                return group
         return None
 
     rows: dict[str, tuple[int, int]] = {}
@@ -125,9 +131,14 @@ def trainable_breakdown(model: nn.Module, groups: Mapping[str, Targets] | None =
                 continue
             seen.add(id(p))
             full = f"{mod_name}.{p_name}" if mod_name else p_name
-            group = adapter_group(mod_name, module) or _group_of(
-                full, module, mod_name, merged_groups
-            )
+            group = adapter_group(mod_name, module) or _group_of(full, module, mod_name, ordered)
             t, n = rows.get(group, (0, 0))
             rows[group] = (t + (p.numel() if p.requires_grad else 0), n + p.numel())
+    unmatched = [g for g in groups or {} if g not in rows]
+    if unmatched:
+        top = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+        raise ValueError(
+            f"groups {unmatched} match no parameter outside the adapters (which keep their own "
+            f"rows); give module names or suffixes of them, e.g. under {top[:8]}"
+        )
     return Breakdown(rows)

@@ -1,8 +1,9 @@
 """Inside multi-head LoRA: how similar its heads are, and how its routers use them.
 
-``head_similarity`` gives the mean pairwise head cosine per layer (``HeadSimilarityRecorder`` in
-``mtlora_lite.multitask.train`` records it during training); ``router_statistics`` says how each
-router spreads tokens over its heads, overall and per task.
+``head_similarity`` gives the mean pairwise head cosine per layer and ``head_cosine_matrix`` the
+head x head cosines of one layer (``HeadSimilarityRecorder`` in ``mtlora_lite.multitask.history``
+records them during ``fit``; ``adapters.head_plots`` draws them); ``router_statistics`` says how
+each router spreads tokens over its heads, overall and per task.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ is in ``adapters.freezing``, merging in ``adapters.merging``, the fused forward 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,11 @@ class LoRAConfig:
         fields = {"rank": self.rank, "alpha": alpha, "rslora": self.rslora, "dropout": self.dropout}
         return {**fields, "scaling": self.scaling}
 
+    @classmethod
+    def from_adapter_config(cls, config: Mapping[str, Any]) -> LoRAConfig:
+        """The config that ``adapter_config`` describes (its other keys are ignored)."""
+        return cls(**{f: config[f] for f in ("rank", "alpha", "rslora", "dropout")})
+
 
 class LoRALinear(AdapterLayer):
     """``y = base(x) + s * B A drop(x)`` for inputs (..., in) -> outputs (..., out).
@@ -132,6 +138,10 @@ class LoRALinear(AdapterLayer):
             "in_features": self.in_features,
             "out_features": self.out_features,
         }
+
+    @classmethod
+    def from_adapter_config(cls, base_layer: nn.Linear, config: Mapping[str, Any]) -> LoRALinear:
+        return cls(base_layer, LoRAConfig.from_adapter_config(config))
 
     def extra_repr(self) -> str:
         return (

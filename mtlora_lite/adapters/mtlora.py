@@ -20,7 +20,7 @@ import math
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -269,6 +269,16 @@ class MTLoRALinear(AdapterLayer):
             "in_features": self.in_features,
             "out_features": self.out_features,
         }
+
+    @classmethod
+    def from_adapter_config(cls, base_layer: nn.Linear, config: Mapping[str, Any]) -> MTLoRALinear:
+        layer = MTLoRAConfig(
+            scale=config["scale"],
+            alpha=config["alpha"],
+            dropout=config["dropout"],
+            task_output=config["task_output"],
+        )
+        return cls(base_layer, config["rank"], config["task_ranks"], layer)
 
     def extra_repr(self) -> str:
         tasks = {t: b.rank for t, b in self.tasks.items()}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -221,6 +222,13 @@ class MultiHeadLoRALinear(AdapterLayer):
             "in_features": self.in_features,
             "out_features": self.out_features,
         }
+
+    @classmethod
+    def from_adapter_config(
+        cls, base_layer: nn.Linear, config: Mapping[str, Any]
+    ) -> MultiHeadLoRALinear:
+        fields = [f.name for f in dataclasses.fields(MultiHeadConfig)]
+        return cls(base_layer, MultiHeadConfig(**{f: config[f] for f in fields}))
 
     def extra_repr(self) -> str:
         cfg = self.config

@@ -1,8 +1,10 @@
 """Save and load only what fine-tuning changed: adapter weights (+ any trainable extras), as safetensors.
 
-A file of format ``mtlora_lite.adapters/2`` holds the tensors and, in its metadata:
+A file of format ``mtlora_lite.adapters/3`` holds the tensors and, in its metadata:
 
-- ``adapters``: each adapter's config (JSON), compared with the model's on load;
+- ``adapters``: each adapter's config (JSON, ``adapter_config()``: its type and every
+  hyper-parameter), compared with the model's on load, or used to re-create the adapters in a
+  model that has none;
 - ``sha256``: a checksum of those configs and of every tensor's name, dtype, shape and bytes, so
   that flipped bits or a partial copy are found on load ("the file is corrupt");
 - ``base_sha256``: ``base_fingerprint(model)`` at save time, the checksum of the frozen weights
@@ -13,9 +15,10 @@ A file of format ``mtlora_lite.adapters/2`` holds the tensors and, in its metada
   the refusal of another one says what differs (its dtype, shapes or values).
 
 ``load_adapters`` checks the file, then the configs, tensor names and shapes, the base and the
-trainable extras, and copies nothing unless everything fits. Files of the previous format
-``mtlora_lite.adapters/1`` (no checksums) still load, with a warning that neither the data nor the
-base could be checked; saving them again upgrades them. ``save_adapters`` writes atomically (a
+trainable extras, and copies nothing unless everything fits. Files of the older formats still
+load into a model injected as when they were saved: ``/2`` (configs without dropout and with
+MTLoRA's scale as an alpha) compared on what they hold, ``/1`` (no checksums) with a warning that
+neither the data nor the base could be checked; saving them again upgrades them. ``save_adapters`` writes atomically (a
 crash leaves the old file or none, never half of one).
 """
 
@@ -32,9 +35,11 @@ from torch import Tensor, nn
 
 from mtlora_lite.adapters.atomic import atomic_path
 from mtlora_lite.adapters.fingerprint import tensor_digest, weights_difference, weights_fingerprint
+from mtlora_lite.adapters.registry import check_configs, put_modules, recreate
 from mtlora_lite.adapters.targets import adapter_layers
 
-FORMAT = "mtlora_lite.adapters/2"
+FORMAT = "mtlora_lite.adapters/3"
+FORMAT_V2 = "mtlora_lite.adapters/2"  # configs too short to re-create the adapters
 FORMAT_V1 = "mtlora_lite.adapters/1"  # before checksums: loaded with a warning
 EXPECTED = f"expected an adapter file written by save_adapters (safetensors, format {FORMAT!r})"
 
@@ -138,7 +143,7 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, object], dict[str, Tens
             f"another kind; {EXPECTED}"
         ) from err
     fmt = meta.get("format")
-    if fmt not in (FORMAT, FORMAT_V1):
+    if fmt not in (FORMAT, FORMAT_V2, FORMAT_V1):
         newer = isinstance(fmt, str) and fmt.startswith("mtlora_lite.adapters/")
         raise ValueError(
             f"{path} was written by a newer mtlora_lite (format {fmt!r}); upgrade the package"
@@ -204,7 +209,13 @@ def load_adapters(
     check_base: bool = True,
     allow_missing_extras: bool = False,
 ) -> None:
-    """Load a file written by ``save_adapters`` into a model injected the same way.
+    """Load a file written by ``save_adapters``: into a model injected the same way, or into a
+    model without adapters (e.g. a fresh timm model), whose adapters are then re-created from the
+    file's own configs (type, targets and hyper-parameters), trainable as after an ``inject_*``
+    call, the rest of the model left as it is.
+
+        model = timm.create_model("vit_small_patch16_224", pretrained=True, num_classes=10)
+        load_adapters(model, "vit_lora.safetensors")     # no inject_lora(...) needed
 
     Args:
         check_base: refuse the file unless ``base_fingerprint(model)`` equals the one saved with
@@ -226,16 +237,27 @@ def load_adapters(
     _check_unmerged(model)
     path = Path(path)
     meta, saved_cfg, saved = _read(path)
-    model_cfg = _configs(model)
-    if saved_cfg != model_cfg:
-        diff = sorted(
-            k for k in saved_cfg.keys() | model_cfg.keys() if saved_cfg.get(k) != model_cfg.get(k)
-        )
-        raise ValueError(
-            f"adapter configs differ at {len(diff)} layer(s), e.g. {diff[0]!r}: {path} has "
-            f"{saved_cfg.get(diff[0])}, model has {model_cfg.get(diff[0])}. Inject the model with "
-            "the same targets and hyper-parameters before loading."
-        )
+    replaced: dict[str, nn.Linear] = {}
+    if adapter_layers(model):
+        check_configs(path, meta["format"] == FORMAT, saved_cfg, _configs(model))
+    else:
+        replaced = recreate(path, meta["format"] == FORMAT, saved_cfg, model)
+    try:
+        _load_checked(path, meta, saved, model, check_base, allow_missing_extras)
+    except BaseException:
+        put_modules(model, replaced)  # the model as it was: nothing loaded unless all fits
+        raise
+
+
+def _load_checked(
+    path: Path,
+    meta: dict[str, str],
+    saved: dict[str, Tensor],
+    model: nn.Module,
+    check_base: bool,
+    allow_missing_extras: bool,
+) -> None:
+    """The rest of ``load_adapters`` once the model's adapters match the file's configs."""
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     own = adapter_state_dict(model, include_trainable=False).keys()
     missing = sorted(own - saved.keys())

@@ -238,28 +238,11 @@ class SwinTaskEncoder(nn.Module):
     @property
     def channels(self) -> list[int]:
         """Channels of each feature map, finest first."""
-        chs = [info["num_chs"] for info in self.backbone.feature_info]
-        return chs[1:] + chs[-1:] if self.features == "merged" else chs
+        return swin_channels(self.backbone, self.features)
 
     def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
-        x = self.backbone.patch_embed(images)  # (B, H/4, W/4, C), channels last
-        task_stages = self.task_stages
-        shared: list[Tensor] = []  # per stage (B, h, w, c)
-        streams: list[Tensor | None] = []  # per stage (T, B, h, w, c), None where shared
-        for i, stage in enumerate(self.backbone.layers):
-            x = stage.downsample(x)
-            if i > 0 and self.features == "merged":  # stage i - 1's features, merged like x
-                shared[-1], xt = x, streams[-1]
-                if xt is not None:
-                    streams[-1] = stage.downsample(xt.flatten(0, 1)).unflatten(0, xt.shape[:2])
-            for block in stage.blocks[:-1]:
-                x = block(x)
-            if i in task_stages:
-                x, xt = task_streams(stage.blocks[-1], x)
-            else:
-                x, xt = stage.blocks[-1](x), None
-            shared.append(x)
-            streams.append(xt)
+        """images (B, 3, H, W) -> {task: [(B, C_i, H_i, W_i)]}, finest first."""
+        shared, streams = run_stages(self.backbone, images, self.task_stages, self.features)
         nchw = [s.permute(0, 3, 1, 2) for s in shared]  # views, one list for all tasks
         return {
             task: [
@@ -268,3 +251,49 @@ class SwinTaskEncoder(nn.Module):
             ]
             for k, task in enumerate(self.tasks)
         }
+
+
+def run_stages(
+    swin: SwinTransformer, images: Tensor, task_stages: Sequence[int], features: str
+) -> tuple[list[Tensor], list[Tensor | None]]:
+    """The stages of a timm Swin: per stage its shared features (B, h, w, c) and, for the stages
+    in ``task_stages`` (whose last block holds TS-LoRA), the task streams (T, B, h, w, c), else
+    None. ``features``: "stage" or "merged" (``SwinTaskEncoder``). The one loop over a Swin's
+    stages that the package runs: ``SwinTaskEncoder`` and ``swin_features`` use it."""
+    x = swin.patch_embed(images)  # (B, H/4, W/4, C), channels last
+    shared: list[Tensor] = []
+    streams: list[Tensor | None] = []
+    for i, stage in enumerate(swin.layers):
+        x = stage.downsample(x)
+        if i > 0 and features == "merged":  # stage i - 1's features, merged like x
+            shared[-1], xt = x, streams[-1]
+            if xt is not None:
+                streams[-1] = stage.downsample(xt.flatten(0, 1)).unflatten(0, xt.shape[:2])
+        for block in stage.blocks[:-1]:
+            x = block(x)
+        if i in task_stages:
+            x, xt = task_streams(stage.blocks[-1], x)
+        else:
+            x, xt = stage.blocks[-1](x), None
+        shared.append(x)
+        streams.append(xt)
+    return shared, streams
+
+
+def swin_features(swin: nn.Module, images: Tensor, features: str = "stage") -> list[Tensor]:
+    """The multi-scale feature maps of a timm Swin, finest first: [(B, C_i, H_i, W_i)].
+
+    "stage": the stage outputs (what timm's ``forward_intermediates`` gives); "merged": each
+    stage's output after the next stage's patch merging (``SwinTaskEncoder``). A Swin holding
+    TS-LoRA gives its shared stream.
+    """
+    if features not in ("merged", "stage"):
+        raise ValueError(f"features must be 'merged' or 'stage', got {features!r}")
+    shared, _ = run_stages(check_swin(swin), images, (), features)
+    return [s.permute(0, 3, 1, 2) for s in shared]
+
+
+def swin_channels(swin: nn.Module, features: str = "stage") -> list[int]:
+    """Channels of each map ``swin_features`` gives, finest first."""
+    chs = [info["num_chs"] for info in check_swin(swin).feature_info]
+    return chs[1:] + chs[-1:] if features == "merged" else chs

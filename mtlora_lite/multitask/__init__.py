@@ -3,60 +3,75 @@
     from mtlora_lite.multitask import Task, build_model, fit
 
 ``tasks`` (``Task`` and its constructors per kind, Delta_m), ``metrics`` (streaming metrics) and
-``losses``; ``decoders`` and ``models`` (multi-task models and their baselines, ``build_model``);
+``losses``; ``decoders``, ``encoders`` and ``models`` (multi-task models and their baselines on any timm
+backbone, ``build_model``; ``TaskHeads``);
 ``backbones`` (timm backbones and their multi-scale feature maps); ``train`` (``fit``) with
 ``step`` (one optimizer step), ``schedule``, ``loaders``, ``checkpoint`` and ``resume``;
 ``evaluation`` (``evaluate``), ``runtime`` (device, seeds), ``precision`` (bf16 / fp16 / fp32),
 ``history`` (``History``, callbacks), ``distributed`` and ``startup`` (torchrun / DDP) and
-``tensorboard``; ``pascal`` (the PASCAL-Context dataset). The names below are imported on first use. Imports
-``mtlora_lite.adapters``, never ``mtlora_lite.course``.
+``tensorboard``; ``pascal`` (the PASCAL-Context dataset). Imports ``mtlora_lite.adapters``, never
+an application.
 """
 
-from importlib import import_module
-from typing import Any
+# ruff: noqa: I001 (grouped by purpose, as the docstring)
+from mtlora_lite.multitask.tasks import (
+    delta_m,
+    primary_metrics,
+    relative_changes,
+    Task,
+    task_dict,
+    TaskLike,
+)
+from mtlora_lite.multitask.metrics import (
+    AccuracyMetric,
+    ConfusionMetric,
+    DepthMetric,
+    Metric,
+    NormalsMetric,
+    ThresholdMetric,
+)
+from mtlora_lite.multitask.decoders import ClassificationHead, DenseDecoder
+from mtlora_lite.multitask.models import build_model, MultiTaskNet, paper_breakdown, TaskHeads
+from mtlora_lite.multitask.encoders import FeatureEncoder
+from mtlora_lite.multitask.backbones import stage_features, timm_backbone
+from mtlora_lite.multitask.train import fit
+from mtlora_lite.multitask.evaluation import evaluate
+from mtlora_lite.multitask.precision import autocast
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
+from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
+from mtlora_lite.multitask.tensorboard import TensorBoardLogger
+from mtlora_lite.multitask.distributed import is_main_process
 
-_HOMES = {  # name -> the module of this package that defines it
-    "Task": "tasks",
-    "TaskLike": "tasks",
-    "delta_m": "tasks",
-    "primary_metrics": "tasks",
-    "relative_changes": "tasks",
-    "task_dict": "tasks",
-    "Metric": "metrics",
-    "AccuracyMetric": "metrics",
-    "ConfusionMetric": "metrics",
-    "DepthMetric": "metrics",
-    "NormalsMetric": "metrics",
-    "ThresholdMetric": "metrics",
-    "ClassificationHead": "decoders",
-    "DenseDecoder": "decoders",
-    "MultiTaskNet": "models",
-    "build_model": "models",
-    "paper_breakdown": "models",
-    "stage_features": "backbones",
-    "timm_backbone": "backbones",
-    "fit": "train",
-    "evaluate": "evaluation",
-    "autocast": "precision",
-    "resolve_device": "runtime",
-    "seed_everything": "runtime",
-    "Callback": "history",
-    "HeadSimilarityRecorder": "history",
-    "History": "history",
-    "TensorBoardLogger": "tensorboard",
-    "is_main_process": "distributed",
-}
-__all__ = list(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first use (PEP 562)."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+__all__ = [  # noqa: RUF022 (grouped by module, as imported)
+    "Task",
+    "TaskLike",
+    "delta_m",
+    "primary_metrics",
+    "relative_changes",
+    "task_dict",
+    "Metric",
+    "AccuracyMetric",
+    "ConfusionMetric",
+    "DepthMetric",
+    "NormalsMetric",
+    "ThresholdMetric",
+    "ClassificationHead",
+    "DenseDecoder",
+    "MultiTaskNet",
+    "TaskHeads",
+    "build_model",
+    "paper_breakdown",
+    "FeatureEncoder",
+    "stage_features",
+    "timm_backbone",
+    "fit",
+    "evaluate",
+    "autocast",
+    "resolve_device",
+    "seed_everything",
+    "Callback",
+    "HeadSimilarityRecorder",
+    "History",
+    "TensorBoardLogger",
+    "is_main_process",
+]

@@ -1,4 +1,4 @@
-"""Backbones from timm: any model by name, and the multi-scale feature maps of Swin and ViT.
+"""Backbones from timm: any model by name, and the multi-scale feature maps of any of them.
 
 swin = timm_backbone("swin_tiny_patch4_window7_224", pretrained=True, img_size=448)
 maps = stage_features(swin, images)        # [(B, C_i, H_i, W_i)], finest first
@@ -22,7 +22,11 @@ import timm
 import timm.models._hub as timm_hub  # where timm keeps the hf_hub_download it calls (wrapped below)
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from timm.models import FeatureDictNet, FeatureListNet
+from timm.models.swin_transformer import SwinTransformer
 from torch import Tensor, nn
+
+from mtlora_lite.adapters.swin import swin_channels, swin_features
 
 
 class _HubUnreachable(Exception):
@@ -102,29 +106,65 @@ def timm_backbone(name: str, *, pretrained: bool = False, **timm_kwargs: Any) ->
         raise OSError(_offline_message(name, err, timm_kwargs.get("cache_dir"))) from err
 
 
+def _is_swin(model: nn.Module) -> bool:
+    return isinstance(model, SwinTransformer)
+
+
+def _is_feature_net(model: nn.Module) -> bool:
+    """A timm model built with ``features_only=True``: it returns its maps itself."""
+    return isinstance(model, FeatureListNet | FeatureDictNet)
+
+
 def _feature_indices(model: nn.Module) -> list[int]:
     """Which blocks/stages ``stage_features`` returns: every stage if strides differ, else the last."""
     info = getattr(model, "feature_info", None)
     if not info or not hasattr(model, "forward_intermediates"):
         raise TypeError(
-            f"{type(model).__name__} has no feature_info / forward_intermediates; use a timm "
-            "Swin or ViT (e.g. load_backbone('course') or 'swin_tiny_patch4_window7_224')."
+            f"{type(model).__name__} gives no multi-scale features: a multi-task model needs a "
+            "timm backbone with feature_info and forward_intermediates (Swin, ViT, ConvNeXt, "
+            "ResNet, ...), or one built with timm.create_model(..., features_only=True)"
         )
     reductions = {f["reduction"] for f in info}
     return list(range(len(info))) if len(reductions) > 1 else [len(info) - 1]
 
 
-def feature_channels(model: nn.Module) -> list[int]:
+def _check_features(model: nn.Module, features: str) -> None:
+    if features not in ("stage", "merged"):
+        raise ValueError(f"features must be 'stage' or 'merged', got {features!r}")
+    if features == "merged" and not _is_swin(model):
+        raise ValueError(
+            f"features='merged' (each stage's maps after the next stage's patch merging, as "
+            f"MTLoRA's decoders read them) needs a timm Swin; {type(model).__name__} has "
+            "features='stage'"
+        )
+
+
+def feature_channels(model: nn.Module, features: str = "stage") -> list[int]:
     """Channels of each map ``stage_features`` returns, e.g. [32, 64, 128, 256] for the course Swin."""
+    _check_features(model, features)
+    if _is_swin(model):
+        return swin_channels(model, features)
+    if _is_feature_net(model):
+        return list(model.feature_info.channels())
     return [model.feature_info[i]["num_chs"] for i in _feature_indices(model)]
 
 
-def stage_features(model: nn.Module, x: Tensor) -> list[Tensor]:
+def stage_features(model: nn.Module, x: Tensor, features: str = "stage") -> list[Tensor]:
     """Feature maps of a timm backbone, finest first, each (B, C_i, H_i, W_i).
 
-    Hierarchical models (Swin) give one map per stage: (B, C_i, H / 2^(i+2), W / 2^(i+2)).
-    Plain ViTs are single scale: one map from the last block, (B, C, H / patch, W / patch)
-    (class token dropped, no final norm).
+    Hierarchical models (Swin, ConvNeXt, ResNet) give one map per stage, e.g. a Swin
+    (B, C_i, H / 2^(i+2), W / 2^(i+2)). Plain ViTs are single scale: one map from the last block,
+    (B, C, H / patch, W / patch) (class token dropped, no final norm). A model built with
+    ``features_only=True`` gives the maps it was built for. ``features="merged"`` (a Swin only):
+    each stage's maps after the next stage's patch merging. A Swin's maps come from
+    ``adapters.swin.swin_features``, the loop MTLoRA's task streams run in; the others' from
+    timm's ``forward_intermediates``.
     """
+    _check_features(model, features)
+    if _is_swin(model):
+        return swin_features(model, x, features)
+    if _is_feature_net(model):
+        maps = model(x)
+        return list(maps.values()) if isinstance(maps, dict) else list(maps)
     indices = _feature_indices(model)
     return model.forward_intermediates(x, indices=indices, intermediates_only=True)
