@@ -38,7 +38,7 @@ bench: install
 	$(PY) benchmarks/bench.py --device $(DEVICE)
 
 paper: install
-	$(PY) -m mtlora_lite.multitask.paper --recipe $(RECIPE) --device $(DEVICE) $(if $(DATA),--data $(DATA))
+	$(PY) -m mtlora_lite.paper --recipe $(RECIPE) --device $(DEVICE) $(if $(DATA),--data $(DATA))
 
 # The prepared GPU check (CUDA tests, the course's training runs, the benchmark; about 7 min on
 # one H200): benchmarks/RESULTS.md says how to run it on a lent GPU. gpu-check-dry runs the same

@@ -17,19 +17,19 @@ from mtlora_lite.adapters.saving import load_adapters
 from mtlora_lite.multitask.evaluation import evaluate, seed_everything
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.paper.recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
-from mtlora_lite.multitask.paper.run import loaders, main, run_one, run_recipe
-from mtlora_lite.multitask.paper.table import (
+from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, TASKS
+from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
+from mtlora_lite.multitask.pascal.tasks import pascal_tasks
+from mtlora_lite.multitask.tasks import delta_m
+from mtlora_lite.paper.recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
+from mtlora_lite.paper.run import loaders, main, run_one, run_recipe
+from mtlora_lite.paper.table import (
     HIGHER_IS_BETTER,
     PAPER,
     markdown,
     paper_delta_m,
     table_rows,
 )
-from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, TASKS
-from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
-from mtlora_lite.multitask.pascal.tasks import pascal_tasks
-from mtlora_lite.multitask.tasks import delta_m
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(data: Path, tmp_path: Pat
 def test_the_command_runs_under_torchrun(data: Path, tmp_path: Path, run_python: Callable) -> None:
     """Two gloo processes on the CPU: each takes half of every batch, rank 0 writes the table."""
     command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    command += ["2", "-m", "mtlora_lite.multitask.paper", "--recipe", "fixture", "--quiet"]
+    command += ["2", "-m", "mtlora_lite.paper", "--recipe", "fixture", "--quiet"]
     command += ["--data", str(data), "--out", str(tmp_path), "--runs", "mtl-full", "mtlora-r16"]
     command += ["--device", "cpu"]
     done = run_python(command, timeout=180)

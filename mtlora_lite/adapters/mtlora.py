@@ -39,7 +39,7 @@ class MTLoRAConfig:
     """MTLoRA hyper-parameters; the defaults are the official ones (configs/mtlora/tiny_448).
 
     Drop path is not an adapter option: it is the timm backbone's ``drop_path_rate`` (0.2 in the
-    official config; ``mtlora_lite.multitask.paper.recipes`` sets it when building Swin-T).
+    official config; ``mtlora_lite.paper.recipes`` sets it when building Swin-T).
 
     shared_rank: TA-LoRA rank, one int or one per stage.
     task_rank: TS-LoRA rank: an int, one per stage, or ``{task: int or per-stage list}`` naming

@@ -1,4 +1,4 @@
-"""What ``python -m mtlora_lite.multitask.paper`` runs: named recipes (schedules) and the runs of
+"""What ``python -m mtlora_lite.paper`` runs: named recipes (schedules) and the runs of
 the paper's Swin-T table (methods).
 
 Recipes (``RECIPES``):

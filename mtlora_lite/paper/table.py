@@ -1,4 +1,4 @@
-"""The results table of ``python -m mtlora_lite.multitask.paper``: our runs beside the paper's.
+"""The results table of ``python -m mtlora_lite.paper``: our runs beside the paper's.
 
 ``PAPER`` holds the MTLoRA paper's PASCAL-Context numbers for Swin-T (Agiza, Neseem, Reda, CVPR
 2024): semseg / human_parts / saliency mIoU (%) and the normals' mean angular error (degrees; the

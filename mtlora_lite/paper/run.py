@@ -1,10 +1,10 @@
 """Reproduce the MTLoRA paper's PASCAL-Context table: one command runs every model and writes our
 numbers beside the paper's.
 
-    python -m mtlora_lite.multitask.paper --data /path/to/PASCAL_MT --recipe paper-quick
+    python -m mtlora_lite.paper --data /path/to/PASCAL_MT --recipe paper-quick
     make paper DATA=/path/to/PASCAL_MT RECIPE=paper-quick             # the same
-    torchrun --nproc_per_node 4 -m mtlora_lite.multitask.paper --data ... --recipe paper
-    python -m mtlora_lite.multitask.paper --recipe fixture            # offline plumbing check
+    torchrun --nproc_per_node 4 -m mtlora_lite.paper --data ... --recipe paper
+    python -m mtlora_lite.paper --recipe fixture            # offline plumbing check
 
 Recipes and runs: ``paper.recipes``; the data: ``pascal`` (without ``--data`` the command says
 what to download; the fixture recipe writes its own tiny archive). Under ``--out`` (default
@@ -46,13 +46,13 @@ from mtlora_lite.multitask.distributed import rank_and_world
 from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, Metrics
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.paper.recipes import NO_WEIGHT_DECAY, RECIPES, RUNS, Recipe, RunSpec
-from mtlora_lite.multitask.paper.table import markdown, table_rows
 from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, MissingDataError, PascalContext
 from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
 from mtlora_lite.multitask.pascal.tasks import LOSS_WEIGHTS, pascal_tasks
 from mtlora_lite.multitask.pascal.transforms import PascalTransform
 from mtlora_lite.multitask.train import fit
+from mtlora_lite.paper.recipes import NO_WEIGHT_DECAY, RECIPES, RUNS, Recipe, RunSpec
+from mtlora_lite.paper.table import markdown, table_rows
 
 
 def loaders(data: Path, recipe: Recipe, tasks: Sequence[str]) -> tuple[DataLoader, DataLoader]:
@@ -238,7 +238,7 @@ def run_recipe(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m mtlora_lite.multitask.paper",
+        prog="python -m mtlora_lite.paper",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
