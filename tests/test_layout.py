@@ -1,5 +1,6 @@
-"""The package's three rooms: imports point one way (course -> multitask -> adapters), the
-top-level API holds library names only, and the installed package carries its checkpoint."""
+"""The package's four rooms: imports point one way (the applications course and paper ->
+multitask -> adapters, the two applications apart), the top-level API holds library names only,
+and the installed package carries its checkpoint."""
 
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ import mtlora_lite
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mtlora_lite"
-ROOMS = ("adapters", "multitask", "course")
-FORBIDDEN = {"adapters": {"multitask", "course"}, "multitask": {"course"}, "course": set()}
+ROOMS = ("adapters", "multitask", "course", "paper")
+FORBIDDEN = {
+    "adapters": {"multitask", "course", "paper"},
+    "multitask": {"course", "paper"},
+    "course": {"paper"},
+    "paper": {"course"},
+}
 
 
 def _imported_rooms(path: Path) -> set[str]:
