@@ -136,7 +136,7 @@ def test_merged_metrics_equal_one_metric_over_all_batches(factory) -> None:
 
 
 def test_one_mtlora_step_on_the_fixture_with_a_random_swin(tmp_path) -> None:
-    root = write_pascal_fixture(tmp_path / "PASCAL_MT", n=4)
+    root = write_pascal_fixture(tmp_path / "PASCAL_MT", n=6)
     train = PascalContext(root, "train", transform=PascalTransform(32, train=True))
     val = PascalContext(root, "val", transform=PascalTransform(32))
     swin = timm.create_model(

@@ -132,6 +132,23 @@ def read_image(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def part_objects(path: Path) -> np.ndarray:
+    """The (N,) PASCAL-Part objects of a human-parts ``.mat`` (``read_human_parts`` says what each
+    holds); ``ValueError`` naming the file if it holds no ``anno`` struct of that shape."""
+    anno = _loadmat(path).get("anno")
+    try:
+        return anno[0, 0][1][0]  # type: ignore[index]
+    except (TypeError, IndexError, KeyError, ValueError) as err:
+        found = "no 'anno'" if anno is None else f"an 'anno' of {np.shape(anno)} without objects"
+        raise ValueError(f"{path}: {found}; a PASCAL-Part file holds anno.objects") from err
+
+
+def has_person(path: Path) -> bool:
+    """True if the human-parts ``.mat`` has an object of class ``PERSON`` whose mask is not
+    empty: the images the public loaders keep when human parts is the only task."""
+    return any(int(obj[1][0, 0]) == PERSON and obj[2].any() for obj in part_objects(path))
+
+
 def read_human_parts(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Human-part labels uint8 (H, W) from a PASCAL-Part ``.mat``: 0 background, 1..6 the parts
     of ``HUMAN_PARTS``; all ``IGNORE`` if no person of the image has annotated parts.
@@ -142,7 +159,7 @@ def read_human_parts(path: Path, shape: tuple[int, int]) -> np.ndarray:
     the fields by position, as the public loaders do.
     """
     labels = np.zeros(shape, dtype=np.uint8)
-    for obj in _loadmat(path)["anno"][0, 0][1][0]:
+    for obj in part_objects(path):
         if int(obj[1][0, 0]) != PERSON or len(obj[3]) == 0:
             continue
         for part in obj[3][0]:
@@ -233,6 +250,9 @@ class PascalContext(Dataset):
         split: "train" (4,998 images) or "val" (5,105).
         tasks: labels to load, from ``LABELS`` (default: the benchmark's four, ``TASKS``).
         transform: applied to each ``load_sample`` dict, e.g. ``PascalTransform(448, train=True)``.
+        person_only: keep only the images with a person (``has_person``). Default (None): as the
+            public loaders, exactly when human parts is the only task, so that a single-task
+            human-parts model trains on images that have its labels.
 
     Every file is checked when the dataset is made: ``MissingDataError`` names the first missing
     ones and says where to download the archive.
@@ -244,6 +264,7 @@ class PascalContext(Dataset):
         split: str = "train",
         tasks: Sequence[str] = TASKS,
         transform: Callable[[dict[str, np.ndarray]], Any] | None = None,
+        person_only: bool | None = None,
     ) -> None:
         unknown = sorted(set(tasks) - set(LABELS))
         if unknown or not tasks:
@@ -264,6 +285,13 @@ class PascalContext(Dataset):
             raise missing(
                 absent[0], self.root, f" ({len(absent)} files missing in all, under {folders[:3]})"
             )
+        if person_only is None:
+            person_only = self.tasks == ("human_parts",)
+        if person_only:
+            parts = self.root / FOLDERS["human_parts"]
+            self.ids = [i for i in self.ids if has_person(parts / f"{i}.mat")]
+            if not self.ids:
+                raise ValueError(f"no image of split {split!r} under {self.root} has a person")
 
     def __len__(self) -> int:
         return len(self.ids)
