@@ -45,7 +45,7 @@ from mtlora_lite import (
     inject_multihead_lora,
     mark_only_adapters_trainable,
 )
-from mtlora_lite.adapters.lora import TIMM_TARGETS as TARGETS
+from mtlora_lite.adapters.targets import TIMM_TARGETS as TARGETS
 from mtlora_lite.multitask.models import PAPER_TASKS
 
 RANK = 16

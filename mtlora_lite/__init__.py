@@ -16,17 +16,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 # LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect;
 # LoRA on some blocks of a fused Linear (q and v of timm's attn.qkv)
-from mtlora_lite.adapters.lora import (
-    AdapterLayer,
-    LoRALinear,
-    adapter_layers,
-    inject_adapters,
-    inject_lora,
-    linear_names,
-    mark_only_adapters_trainable,
-    merge_adapters,
-    unmerge_adapters,
-)
+from mtlora_lite.adapters.base import AdapterLayer
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
+from mtlora_lite.adapters.lora import LoRALinear, inject_lora
+from mtlora_lite.adapters.merging import merge_adapters, unmerge_adapters
+from mtlora_lite.adapters.targets import adapter_layers, inject_adapters, linear_names
 from mtlora_lite.adapters.blocks import BlockLoRALinear, inject_qkv_lora
 
 # Multi-head LoRA (HydraLoRA) and R-LoRA
@@ -51,7 +45,8 @@ from mtlora_lite.adapters.heads import head_similarity, router_statistics
 from mtlora_lite.multitask.models import MultiTaskNet, build_model, paper_breakdown
 from mtlora_lite.multitask.tasks import Task, delta_m, primary_metrics, relative_changes
 from mtlora_lite.multitask.train import fit
-from mtlora_lite.multitask.evaluation import evaluate, resolve_device, seed_everything
+from mtlora_lite.multitask.evaluation import evaluate
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
 from mtlora_lite.multitask.tensorboard import TensorBoardLogger
 

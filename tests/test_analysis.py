@@ -6,7 +6,8 @@ import timm
 from torch import nn
 
 from mtlora_lite.adapters.breakdown import count_parameters, trainable_breakdown
-from mtlora_lite.adapters.lora import inject_lora, mark_only_adapters_trainable
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
+from mtlora_lite.adapters.lora import inject_lora
 
 
 def test_breakdown_on_swin_tiny_is_exact() -> None:

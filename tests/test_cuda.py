@@ -25,16 +25,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import mtlora_lite.adapters.lora as lora_module
+import mtlora_lite.adapters.functional as functional_module
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.functional import dropout_mask, fused_lora_linear
-from mtlora_lite.adapters.lora import (
-    TIMM_TARGETS,
-    LoRALinear,
-    inject_lora,
-    mark_only_adapters_trainable,
-)
+from mtlora_lite.adapters.lora import LoRALinear, inject_lora
 from mtlora_lite.adapters.multihead import MultiHeadLoRALinear, inject_multihead_lora
 from mtlora_lite.adapters.saving import adapter_state_dict, load_adapters, save_adapters
+from mtlora_lite.adapters.targets import TIMM_TARGETS
 from mtlora_lite.course.backbones import build_course_swin
 from mtlora_lite.course.data import make_loaders
 from mtlora_lite.course.experiments import DECODER_CHANNELS, DENSE_TASKS
@@ -146,7 +143,7 @@ def test_lora_linear_fused_and_unfused_paths_match_float64(
         assert tuple(shape) == x.shape and p_ == p and device.type == DEVICE.type
         return drop.to(device)
 
-    monkeypatch.setattr(lora_module, "dropout_mask", injected_mask)
+    monkeypatch.setattr(functional_module, "dropout_mask", injected_mask)
     base = layer.base_layer
     w64, b64 = base.weight.detach().double().cpu(), base.bias.detach().double().cpu()
     x64, a64, bb64 = leaves(x, layer.lora_A, layer.lora_B, **CPU64)
@@ -189,7 +186,7 @@ def multihead_reference(m: MultiHeadLoRALinear, x, a, b, router, keep):
 def test_multihead_fused_and_unfused_paths_match_float64(
     precision: str, with_drop: bool, init: str, router: bool
 ) -> None:
-    """MultiHeadLoRALinear (per_head_ax dropout) on a frozen base (``_FusedMultiHead``) and on a
+    """MultiHeadLoRALinear (per_head_ax dropout) on a frozen base (``fused_multihead_linear``) and on a
     trainable one (plain autograd), one injected mask for both, against a per-head loop."""
     torch.manual_seed(30 + with_drop)
     p, n, r = (0.3 if with_drop else 0.0), 4, 4

@@ -12,22 +12,15 @@ import timm
 import torch
 from torch import nn
 
+from mtlora_lite.adapters.base import AdapterLayer
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.functional import dropout_mask
-from mtlora_lite.adapters.lora import (
-    TIMM_TARGETS,
-    AdapterLayer,
-    LoRALinear,
-    adapter_layers,
-    inject_lora,
-    linear_names,
-    mark_only_adapters_trainable,
-    merge_adapters,
-    name_matches,
-    unmerge_adapters,
-)
+from mtlora_lite.adapters.lora import LoRALinear, inject_lora
+from mtlora_lite.adapters.merging import merge_adapters, unmerge_adapters
 from mtlora_lite.adapters.mtlora import MTLoRAConfig
 from mtlora_lite.adapters.multihead import inject_multihead_lora
 from mtlora_lite.adapters.swin import inject_mtlora
+from mtlora_lite.adapters.targets import TIMM_TARGETS, adapter_layers, linear_names, name_matches
 from mtlora_lite.course.backbones import build_course_swin
 
 
@@ -123,7 +116,7 @@ def test_merge_equals_unmerged_and_unmerge_restores() -> None:
     unmerge_adapters(model)
     torch.testing.assert_close(model.block["qkv"].base_layer.weight, w0, rtol=0, atol=1e-6)
     torch.testing.assert_close(model(x), ref, rtol=1e-6, atol=1e-6)
-    with pytest.raises(RuntimeError, match="not all adapters are merged"):
+    with pytest.raises(RuntimeError, match="none of the 2 adapters is merged"):
         unmerge_adapters(model)
 
 

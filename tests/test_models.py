@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from mtlora_lite.adapters.breakdown import count_parameters, trainable_breakdown
-from mtlora_lite.adapters.lora import adapter_layers, merge_adapters
+from mtlora_lite.adapters.merging import merge_adapters
 from mtlora_lite.adapters.mtlora import MTLoRAConfig
+from mtlora_lite.adapters.targets import adapter_layers
 from mtlora_lite.course.backbones import build_course_swin
 from mtlora_lite.multitask.models import METHODS, MultiTaskNet, build_model, paper_breakdown
 

@@ -13,13 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.breakdown import trainable_breakdown
-from mtlora_lite.adapters.lora import (
-    adapter_layers,
-    inject_lora,
-    linear_names,
-    merge_adapters,
-    unmerge_adapters,
-)
+from mtlora_lite.adapters.lora import inject_lora
+from mtlora_lite.adapters.merging import merge_adapters, unmerge_adapters
 from mtlora_lite.adapters.mtlora import MergeLoRALinear, MTLoRAConfig, MTLoRALinear, TaskLoRA
 from mtlora_lite.adapters.saving import load_adapters, save_adapters
 from mtlora_lite.adapters.swin import (
@@ -28,6 +23,7 @@ from mtlora_lite.adapters.swin import (
     mark_mtlora_trainable,
     task_streams,
 )
+from mtlora_lite.adapters.targets import adapter_layers, linear_names
 from mtlora_lite.course.backbones import build_course_swin
 from mtlora_lite.multitask.backbones import stage_features
 

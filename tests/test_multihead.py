@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.breakdown import count_parameters, trainable_breakdown
-from mtlora_lite.adapters.lora import LoRALinear, adapter_layers, mark_only_adapters_trainable
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
+from mtlora_lite.adapters.lora import LoRALinear
 from mtlora_lite.adapters.multihead import (
     MultiHeadConfig,
     MultiHeadLoRALinear,
@@ -20,6 +21,7 @@ from mtlora_lite.adapters.multihead import (
     inject_rank_matched_lora,
 )
 from mtlora_lite.adapters.saving import load_adapters, save_adapters
+from mtlora_lite.adapters.targets import adapter_layers
 
 
 def frozen_linear(d_in: int = 16, d_out: int = 12, seed: int = 0) -> nn.Linear:

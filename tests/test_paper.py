@@ -12,14 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtlora_lite.adapters.lora import name_matches
 from mtlora_lite.adapters.saving import load_adapters
-from mtlora_lite.multitask.evaluation import evaluate, seed_everything
+from mtlora_lite.adapters.targets import name_matches
+from mtlora_lite.multitask.evaluation import evaluate
 from mtlora_lite.multitask.history import Callback
 from mtlora_lite.multitask.models import build_model
 from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, TASKS
 from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
 from mtlora_lite.multitask.pascal.tasks import pascal_tasks
+from mtlora_lite.multitask.runtime import seed_everything
 from mtlora_lite.multitask.tasks import delta_m
 from mtlora_lite.paper.recipes import NO_WEIGHT_DECAY, RECIPES, RUNS
 from mtlora_lite.paper.run import loaders, main, run_one, run_recipe

@@ -12,12 +12,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mtlora_lite.adapters import saving
-from mtlora_lite.adapters.lora import (
-    adapter_layers,
-    inject_lora,
-    mark_only_adapters_trainable,
-    merge_adapters,
-)
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
+from mtlora_lite.adapters.lora import inject_lora
+from mtlora_lite.adapters.merging import merge_adapters
 from mtlora_lite.adapters.saving import (
     FORMAT,
     FORMAT_V1,
@@ -26,6 +23,7 @@ from mtlora_lite.adapters.saving import (
     load_adapters,
     save_adapters,
 )
+from mtlora_lite.adapters.targets import adapter_layers
 
 
 def make_model(seed: int, rank: int = 3) -> nn.Module:

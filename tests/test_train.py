@@ -11,9 +11,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mtlora_lite.multitask.evaluation import evaluate, resolve_device
+from mtlora_lite.multitask.evaluation import evaluate
 from mtlora_lite.multitask.history import Callback, History
-from mtlora_lite.multitask.train import fit, lr_factor
+from mtlora_lite.multitask.runtime import resolve_device
+from mtlora_lite.multitask.schedule import build_optimizer, lr_factor
+from mtlora_lite.multitask.train import fit
 
 
 class Accuracy:
@@ -278,7 +280,8 @@ def test_same_seed_on_the_same_loader_object_gives_the_same_run() -> None:
 
 
 def test_fit_refuses_merged_adapters() -> None:
-    from mtlora_lite.adapters.lora import inject_lora, merge_adapters
+    from mtlora_lite.adapters.lora import inject_lora
+    from mtlora_lite.adapters.merging import merge_adapters
 
     model = TwoHeads()
     inject_lora(model, "cls", rank=2)
@@ -334,10 +337,8 @@ def test_min_lr_and_no_weight_decay() -> None:
         0.1 + 0.9 * lr_factor(9, 10, 0)
     )
     assert lr_factor(10, 10, 0, min_lr=0.01) == pytest.approx(0.01)
-    from mtlora_lite.multitask.train import _optimizer
-
     model = TwoHeads()
-    groups = _optimizer(model, 1e-3, 0.05, ["cls.weight"]).param_groups
+    groups = build_optimizer(model, 1e-3, 0.05, ["cls.weight"]).param_groups
     decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model.trunk.weight), id(model.dense.weight)}  # not cls.weight, no biases
 
@@ -358,7 +359,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> N
     assert resumed.curve()[1] == pytest.approx(whole.curve()[1])
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
-    with pytest.raises(ValueError, match="run of 24 steps, this one has 8"):
+    with pytest.raises(ValueError, match="steps: 24 there, 8 here"):
         fit(TwoHeads(), TASKS, loaders()[0], progress=False, checkpoint_dir=tmp_path)
     (tmp_path / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read"):

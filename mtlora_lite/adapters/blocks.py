@@ -22,15 +22,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.checks import check_count, check_dropout
-from mtlora_lite.adapters.lora import (
-    AdapterLayer,
-    Targets,
-    inject_adapters,
-    lora_linear,
-    lora_scaling,
-    name_matches,
-)
+from mtlora_lite.adapters.functional import lora_linear
+from mtlora_lite.adapters.lora import lora_scaling
+from mtlora_lite.adapters.targets import Targets, inject_adapters, name_matches
 
 QKV = ("q", "k", "v")  # timm's order of the blocks in attn.qkv
 

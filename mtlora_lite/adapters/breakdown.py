@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from mtlora_lite.adapters.lora import AdapterLayer, Targets, name_matches
+from mtlora_lite.adapters.base import AdapterLayer
+from mtlora_lite.adapters.targets import Targets, name_matches
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,

@@ -40,16 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.checks import check_count, check_dropout, check_positive
-from mtlora_lite.adapters.functional import _compute_dtype, dropout_mask
-from mtlora_lite.adapters.lora import (
-    ALPHA_FIX,
-    AdapterLayer,
-    LoRALinear,
-    Targets,
-    inject_adapters,
-    lora_scaling,
-)
+from mtlora_lite.adapters.functional import dropout_mask, fused_multihead_linear, softmax_fp32
+from mtlora_lite.adapters.lora import ALPHA_FIX, LoRALinear, lora_scaling
+from mtlora_lite.adapters.targets import Targets, inject_adapters
 
 INITS = ("hydra", "rlora", "rlora_centered")
 DROPOUT_MODES = ("per_head_ax", "shared", "per_head_x")
@@ -110,92 +105,6 @@ def multihead_config(config: MultiHeadConfig | None = None, **options: Any) -> M
     return dataclasses.replace(config or MultiHeadConfig(), **options)
 
 
-def _softmax(logits: Tensor) -> Tensor:
-    """Softmax over the last dim in at least float32 (bf16 logits are upcast)."""
-    return torch.softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))
-
-
-def _effective_weight(
-    weight: Tensor, offset_A: Tensor | None, offset_B: Tensor | None, s: float
-) -> Tensor:
-    """W - s B0 A0 (out, in): the base weight with the R-LoRA offset folded in."""
-    return weight if offset_A is None else torch.addmm(weight, offset_B, offset_A, alpha=-s)
-
-
-class _FusedMultiHead(torch.autograd.Function):
-    """Multi-head LoRA on a frozen base layer: two GEMMs forward, four backward (as plain LoRA).
-
-    The offset is folded into the base weight, W' = W - s B0 A0, so it costs no per-token work.
-
-    Forward:  [y0 | u | l] = x [W'; A; W_r]^T + [b | 0]
-              y = y0 + s z [B_1 ... B_n]^T,   z = concat_i(w_i m_i u),  w = softmax(l)
-    Backward: [gx | dz] = g [W' | s B_1 ... s B_n],   dB = s g^T z
-              du = sum_i w_i m_i dz_i,  dl = a - w sum_i a_i  with a_i = dz_i . z_i
-              [dA; dW_r] = [du | dl]^T x,   dx = gx + [du | dl] [A; W_r]
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, router, offset_A, offset_B, mask, scaling):
-        dtype = _compute_dtype(x)
-        out_f, n, r = lora_B.shape
-        with torch.autocast(x.device.type, enabled=False):
-            x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (N, in)
-            mask = None if mask is None else mask.to(dtype)  # (N, n, r)
-            w_eff = _effective_weight(weight, offset_A, offset_B, scaling)
-            rows = [w_eff, lora_A] if router is None else [w_eff, lora_A, router]
-            stacked = torch.cat(rows, 0).to(dtype)  # (out + r [+ n], in)
-            if bias is None:
-                h = x2 @ stacked.t()
-            else:
-                pad = F.pad(bias, (0, stacked.shape[0] - out_f)).to(dtype)
-                h = torch.addmm(pad, x2, stacked.t())
-            y0, u, logits = h.split([out_f, r, h.shape[1] - out_f - r], dim=1)
-            w = None if router is None else _softmax(logits).to(dtype)  # (N, n)
-            gate = None if w is None else w.unsqueeze(2)  # (N, n, 1): w_i
-            if mask is not None:
-                gate = mask if gate is None else gate * mask  # (N, n, r): w_i m_i
-            z = u.unsqueeze(1).expand(-1, n, -1) if gate is None else u.unsqueeze(1) * gate
-            z = z.reshape(-1, n * r)  # (N, n r) = concat_i(w_i m_i u)
-            y = torch.addmm(y0, z, lora_B.reshape(out_f, n * r).to(dtype).t(), alpha=scaling)
-        ctx.save_for_backward(x2, w, gate, z, weight, lora_A, lora_B, router, offset_A, offset_B)
-        ctx.scaling, ctx.dtype, ctx.x_shape, ctx.x_dtype = scaling, dtype, x.shape, x.dtype
-        return y.reshape(*x.shape[:-1], out_f)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        x2, w, gate, z, weight, lora_A, lora_B, router, offset_A, offset_B = ctx.saved_tensors
-        s, dtype = ctx.scaling, ctx.dtype
-        out_f, n, r = lora_B.shape
-        in_f = weight.shape[1]
-        with torch.autocast(grad_out.device.type, enabled=False):
-            g = grad_out.reshape(-1, out_f).to(dtype)  # (N, out)
-            s_heads = (lora_B.reshape(out_f, n * r) * s).to(dtype)  # (out, n r)
-            gx = None
-            if ctx.needs_input_grad[0]:
-                w_eff = _effective_weight(weight, offset_A, offset_B, s).to(dtype)
-                gx_dz = g @ torch.cat([w_eff, s_heads], 1)  # (N, in + n r)
-                gx, dz = gx_dz[:, :in_f], gx_dz[:, in_f:]
-            else:
-                dz = g @ s_heads
-            grad_B = (g.t() @ z).mul_(s).view_as(lora_B).to(lora_B.dtype)
-            dzh = dz.reshape(-1, n, r)  # (N, n, r)
-            du = dzh.sum(1) if gate is None else (dzh * gate).sum(1)  # (N, r)
-            if w is None:
-                dh, in_rows = du, [lora_A]
-            else:  # softmax backward with a_i = w_i dL/dw_i = dz_i . z_i
-                a = (dzh * z.view(-1, n, r)).sum(2)  # (N, n)
-                dh = torch.cat([du, a - w * a.sum(1, keepdim=True)], 1)  # (N, r + n)
-                in_rows = [lora_A, router]
-            grad_AR = dh.t() @ x2  # (r [+ n], in)
-            grad_x = None
-            if gx is not None:
-                grad_x = torch.addmm(gx, dh, torch.cat(in_rows, 0).to(dtype))
-                grad_x = grad_x.reshape(ctx.x_shape).to(ctx.x_dtype)
-        grad_A = grad_AR[:r].to(lora_A.dtype)
-        grad_R = None if router is None else grad_AR[r:].to(router.dtype)
-        return grad_x, None, None, grad_A, grad_B, grad_R, None, None, None, None
-
-
 class MultiHeadLoRALinear(AdapterLayer):
     """Multi-head LoRA around a frozen ``nn.Linear``: inputs (..., in) -> outputs (..., out).
 
@@ -253,7 +162,7 @@ class MultiHeadLoRALinear(AdapterLayer):
         """Routing weights w(x): (..., in) -> (..., n), each row sums to 1."""
         if self.router is None:
             raise RuntimeError("this layer has no router (router=False): every head has weight 1")
-        return _softmax(F.linear(x, self.router))
+        return softmax_fp32(F.linear(x, self.router))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in) -> (..., out)."""
@@ -265,7 +174,7 @@ class MultiHeadLoRALinear(AdapterLayer):
         if base_frozen and (not drop or self.dropout_mode == "per_head_ax"):
             n_tokens = x.numel() // x.shape[-1]
             mask = self._dropout_mask((n_tokens, self.n_heads, self.rank), x) if drop else None
-            return _FusedMultiHead.apply(
+            return fused_multihead_linear(
                 x, w, b, self.lora_A, self.lora_B, self.router,
                 self.offset_A, self.offset_B, mask, self.scaling,
             )  # fmt: skip

@@ -32,15 +32,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.atomic import atomic_path, atomic_write
+from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.blocks import BlockLoRALinear
-from mtlora_lite.adapters.lora import (
-    AdapterLayer,
-    LoRALinear,
-    adapter_layers,
-    inject_lora,
-    mark_only_adapters_trainable,
-    name_matches,
-)
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
+from mtlora_lite.adapters.lora import LoRALinear, inject_lora
+from mtlora_lite.adapters.targets import adapter_layers, name_matches
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

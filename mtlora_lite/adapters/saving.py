@@ -7,7 +7,10 @@ A file of format ``mtlora_lite.adapters/2`` holds the tensors and, in its metada
   that flipped bits or a partial copy are found on load ("the file is corrupt");
 - ``base_sha256``: ``base_fingerprint(model)`` at save time, the checksum of the frozen weights
   the adapters sit on, so that adapters loaded onto another base (e.g. a randomly initialised
-  backbone instead of the pretrained one) are refused ("trained on another base").
+  backbone instead of the pretrained one) are refused ("trained on another base");
+- ``base_weights``: the ``weights_fingerprint`` of those weights (``adapters.fingerprint``), so
+  that a base that differs by rounding only (merged and unmerged again) is still accepted, and
+  the refusal of another one says what differs (its dtype, shapes or values).
 
 ``load_adapters`` checks the file, then the configs, tensor names and shapes, the base and the
 trainable extras, and copies nothing unless everything fits. Files of the previous format
@@ -18,10 +21,8 @@ crash leaves the old file or none, never half of one).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -30,7 +31,8 @@ from safetensors.torch import safe_open, save_file
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.atomic import atomic_path
-from mtlora_lite.adapters.lora import adapter_layers
+from mtlora_lite.adapters.fingerprint import tensor_digest, weights_difference, weights_fingerprint
+from mtlora_lite.adapters.targets import adapter_layers
 
 FORMAT = "mtlora_lite.adapters/2"
 FORMAT_V1 = "mtlora_lite.adapters/1"  # before checksums: loaded with a warning
@@ -66,14 +68,11 @@ def adapter_state_dict(model: nn.Module, include_trainable: bool = True) -> dict
     return state
 
 
-def _digest(tensors: Iterable[tuple[str, Tensor]], prefix: str = "") -> str:
-    """sha256 of ``prefix`` and, in the given order, each tensor's name, dtype, shape and bytes."""
-    h = hashlib.sha256(prefix.encode())
-    for name, t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
+def _base_tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
+    layers = sorted(adapter_layers(model).items())
+    return [
+        (f"{p}.base_layer.{n}", t) for p, a in layers for n, t in a.base_layer.named_parameters()
+    ]
 
 
 def base_fingerprint(model: nn.Module) -> str:
@@ -82,12 +81,11 @@ def base_fingerprint(model: nn.Module) -> str:
 
     It covers exactly those layers (not norms, embeddings or layers without an adapter), costs one
     read of their weights (a fraction of a second for a Swin-T), and is the same on every device.
-    A base cast to another dtype counts as another base. Adapters must be unmerged.
+    Adapters must be unmerged. ``load_adapters`` also compares the sketch of those weights
+    (``adapters.fingerprint``), so a base that differs by rounding only (after merge and unmerge)
+    still counts as the same, and one cast to another dtype is named as such.
     """
-    layers = sorted(adapter_layers(model).items())
-    return _digest(
-        (f"{p}.base_layer.{n}", t) for p, a in layers for n, t in a.base_layer.named_parameters()
-    )
+    return tensor_digest(_base_tensors(model))
 
 
 def _configs(model: nn.Module) -> dict[str, dict[str, object]]:
@@ -109,11 +107,13 @@ def save_adapters(model: nn.Module, path: str | Path, include_trainable: bool = 
     if not state:
         raise ValueError("the model has no adapters and no trainable parameters to save")
     configs = json.dumps(_configs(model), sort_keys=True)
+    base = weights_fingerprint(_base_tensors(model))
     meta = {
         "format": FORMAT,
         "adapters": configs,
-        "sha256": _digest(sorted(state.items()), configs),
-        "base_sha256": base_fingerprint(model),
+        "sha256": tensor_digest(sorted(state.items()), configs),
+        "base_sha256": base["sha256"],
+        "base_weights": json.dumps(base),
     }
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
@@ -163,12 +163,38 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, object], dict[str, Tens
         )
     elif "sha256" not in meta or "base_sha256" not in meta:
         raise ValueError(f"{path} lacks its sha256 / base_sha256 metadata: the file is damaged")
-    elif _digest(sorted(tensors.items()), meta["adapters"]) != meta["sha256"]:
+    elif tensor_digest(sorted(tensors.items()), meta["adapters"]) != meta["sha256"]:
         raise ValueError(
             f"the tensor data of {path} do not match their sha256 checksum: the file is corrupt "
             "(changed bytes or a partial copy). Save the adapters again or restore a good copy."
         )
     return meta, configs, tensors
+
+
+def _check_base(path: Path, meta: dict[str, str], model: nn.Module) -> None:
+    """Refuse adapters trained on another base (module docstring), saying what differs."""
+    now = weights_fingerprint(_base_tensors(model))
+    if now["sha256"] == meta["base_sha256"]:
+        return
+    why = "other values"  # a file without the sketch (older): the checksum is all there is
+    if "base_weights" in meta:
+        try:
+            why = weights_difference(json.loads(meta["base_weights"]), now)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} has a damaged base_weights entry ({err!r})") from err
+    if why is None:
+        return  # the same weights up to rounding (e.g. merged and unmerged again)
+    fix = (
+        "cast the model back to the dtype it was trained in (e.g. model.float())"
+        if why.startswith("another dtype")
+        else "build the model from the same pretrained weights (e.g. pretrained=True, or "
+        "load_backbone('course') rather than random initialisation) before injecting"
+    )
+    raise ValueError(
+        f"the adapters in {path} were trained on another base model: the layers they wrap have "
+        f"{why} (base fingerprint). {fix[0].upper()}{fix[1:]}, or pass check_base=False if you "
+        "changed the base on purpose."
+    )
 
 
 def load_adapters(
@@ -225,14 +251,8 @@ def load_adapters(
             f"shape mismatch for {bad[0]!r}: {path} has {tuple(saved[bad[0]].shape)}, the model "
             f"{tuple(tensors[bad[0]].shape)}"
         )
-    if check_base and "base_sha256" in meta and base_fingerprint(model) != meta["base_sha256"]:
-        raise ValueError(
-            f"the adapters in {path} were trained on another base model: the weights of the "
-            "layers they wrap differ from the model's (base fingerprint). Build the model from "
-            "the same pretrained weights (e.g. pretrained=True, or load_backbone('course') rather "
-            "than random initialisation) before injecting, or pass check_base=False if you "
-            "changed the base on purpose."
-        )
+    if check_base and "base_sha256" in meta:
+        _check_base(path, meta, model)
     frozen = any(not p.requires_grad for n, p in model.named_parameters() if n not in own)
     extras = sorted(adapter_state_dict(model).keys() - own - saved.keys()) if frozen else []
     if extras and not allow_missing_extras:

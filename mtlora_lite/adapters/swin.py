@@ -33,8 +33,9 @@ import timm
 from timm.models.swin_transformer import PatchMerging, SwinTransformer, WindowAttention
 from torch import Tensor, nn
 
-from mtlora_lite.adapters.lora import TIMM_TARGETS, inject_adapters, mark_only_adapters_trainable
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.mtlora import MergeLoRALinear, MTLoRAConfig, MTLoRALinear, RankSpec
+from mtlora_lite.adapters.targets import TIMM_TARGETS, inject_adapters
 
 TA_TARGETS = TIMM_TARGETS  # every block: qkv, proj, fc1, fc2
 TS_TARGETS = TIMM_TARGETS[1:]  # the last block of a stage: proj, fc1, fc2 (attention stays shared)

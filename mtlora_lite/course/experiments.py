@@ -40,9 +40,11 @@ from torch import nn
 
 from mtlora_lite import __version__
 from mtlora_lite.adapters.checks import check_positive
+from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.heads import router_statistics
-from mtlora_lite.adapters.lora import TIMM_TARGETS, inject_lora, mark_only_adapters_trainable
+from mtlora_lite.adapters.lora import inject_lora
 from mtlora_lite.adapters.multihead import inject_multihead_lora
+from mtlora_lite.adapters.targets import TIMM_TARGETS
 from mtlora_lite.course.backbones import load_backbone, load_course_card
 from mtlora_lite.course.data import (
     LOADER_SEED_LIMIT,
@@ -58,9 +60,9 @@ from mtlora_lite.course.records import (
 )
 from mtlora_lite.course.scene_tasks import build_tasks
 from mtlora_lite.course.scenes import check_seed
-from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder
 from mtlora_lite.multitask.models import METHODS, build_model
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.train import fit
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature

@@ -45,7 +45,7 @@ from mtlora_lite.course.scenes import (
     generate_scenes,
 )
 from mtlora_lite.multitask.backbones import feature_channels
-from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.tasks import Task, primary_metrics
 from mtlora_lite.multitask.train import fit
 

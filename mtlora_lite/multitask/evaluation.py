@@ -1,5 +1,5 @@
-"""Evaluating a multi-task model, and the runtime helpers training shares with it: the device,
-the seeds, autocast, moving batches, checking predictions.
+"""Evaluating a multi-task model, and what training shares with it: moving batches, checking
+predictions.
 
     metrics = evaluate(model, tasks, val_loader)     # {task: {metric: value}}, whole set
 
@@ -8,19 +8,27 @@ Under torchrun, each rank evaluates its shard and the metrics are merged (``mult
 
 from __future__ import annotations
 
-import contextlib
-import numbers
-import random
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.history import Metrics
+from mtlora_lite.multitask.precision import explain_dtype_errors
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
+
+__all__ = [  # seed_everything: importable from here too, as before runtime.py
+    "EvalTask",
+    "batch_to",
+    "evaluate",
+    "evaluate_launched",
+    "predict",
+    "resolve_device",
+    "seed_everything",
+]
 
 
 class EvalTask(Protocol):
@@ -29,55 +37,6 @@ class EvalTask(Protocol):
     name: str
 
     def new_metric(self) -> Any: ...
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available, then mps, then cpu; anything else -> ``torch.device(device)``
-    after checking that it exists here (``ValueError`` with the fix otherwise)."""
-    if str(device) != "auto":
-        try:
-            dev = torch.device(device)
-        except RuntimeError as err:
-            raise ValueError(
-                f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-            ) from err
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device!r} was asked for, but torch sees no CUDA GPU here (torch "
-                f"{torch.__version__}, CUDA build: {torch.version.cuda}). Use device='auto' or "
-                "'cpu', or install a CUDA build of torch on a machine with a GPU."
-            )
-        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here, indices "
-                f"0..{torch.cuda.device_count() - 1}"
-            )
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {device!r}: MPS is not available here; use 'auto' or 'cpu'")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices); ``seed`` in [0, 2^32), NumPy's range."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-        raise ValueError(
-            f"seed must be an integer in [0, 2**32) (NumPy's seed range), got {seed!r}"
-        )
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 (seeds the legacy global RNG that user code may use)
-    torch.manual_seed(seed)
-
-
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``amp``; full precision elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def batch_to(batch: Any, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
@@ -108,17 +67,17 @@ def evaluate(
     loader: Iterable,
     *,
     device: str | torch.device = "auto",
-    amp: bool = True,
     progress: bool = False,
 ) -> Metrics:
-    """Each task's metrics over ``loader``, model in eval mode (its previous mode is restored).
+    """Each task's metrics over ``loader``, model in eval mode (its previous mode is restored),
+    in the model's own precision (no autocast: fp32 for an fp32 model, whatever ``fit`` trained in).
 
     Under torchrun each rank evaluates its shard of ``loader``'s dataset and the metrics are merged,
     so every rank returns the metrics of the whole set.
     """
     dev = resolve_device(device)
     ctx = distributed.launch(dev)
-    return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, amp, progress)
+    return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, progress)
 
 
 def evaluate_launched(
@@ -126,7 +85,6 @@ def evaluate_launched(
     tasks: Mapping[str, EvalTask],
     loader: Iterable,
     ctx: distributed.Launch,
-    amp: bool,
     progress: bool,
 ) -> Metrics:
     """``evaluate`` inside a launch ``ctx`` that its caller owns (``fit`` uses it between passes),
@@ -141,7 +99,7 @@ def evaluate_launched(
                 loader, desc="eval", disable=not (progress and ctx.main), leave=False
             ):
                 images, targets = batch_to(batch, dev)
-                with autocast(dev, amp):
+                with explain_dtype_errors(model, images):
                     preds = predict(model, images, tasks)
                 for name, metric in metrics.items():
                     metric.update(preds[name].float(), targets[name])

@@ -3,8 +3,10 @@ e.g. ``HeadSimilarityRecorder`` (head similarity of multi-head LoRA during train
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -63,24 +65,62 @@ class HeadSimilarityRecorder(Callback):
         return {"mode": self.mode, "every": self.every, "steps": self.steps, "values": self.values}
 
 
+class Validation(NamedTuple):
+    """One validation of a ``fit`` run: after optimizer ``step`` (1-based), in pass ``epoch``."""
+
+    step: int
+    epoch: int
+    metrics: Metrics
+
+
 @dataclass
 class History:
     """What ``fit`` measured.
 
     ``steps``: one record per optimizer step, ``{"step", "lr", "loss", "grad_norm", "losses": {task:
-    loss}}``. ``evals``: one record per validation, ``{"epoch", "step", "metrics": {task: {metric:
-    value}}}``. ``images_per_s`` counts training steps only (no validation).
+    loss}}`` (plus ``"loss_scale"`` with fp16 precision). ``evals``: one record per validation,
+    ``{"epoch", "step", "metrics": {task: {metric: value}}}``, every ``eval_every`` passes and after
+    the last step. ``skipped_steps``: the steps whose update fp16 loss scaling skipped (their
+    gradients were inf / NaN). ``images_per_s`` counts training steps only (no validation).
     """
 
     steps: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
     images_per_s: float = 0.0
+    skipped_steps: list[int] = field(default_factory=list)
 
     @property
     def final(self) -> Metrics:
         """The last validation metrics (empty if ``fit`` had no ``val_loader``)."""
         return self.evals[-1]["metrics"] if self.evals else {}
+
+    @property
+    def validations(self) -> list[Validation]:
+        """Every validation, in order: ``(step, epoch, metrics)``."""
+        return [Validation(e["step"], e["epoch"], e["metrics"]) for e in self.evals]
+
+    def best(self, score: Callable[[Metrics], float], *, maximize: bool = True) -> Validation:
+        """The validation with the highest ``score(metrics)`` (lowest with ``maximize=False``);
+        the earliest one on ties; NaN scores never win.
+
+        ``score`` is yours to choose, e.g. Delta_m against single-task references ``single``
+        (task -> primary metric) with ``higher`` (task -> higher is better)::
+
+            best = history.best(lambda m: delta_m(primary_metrics(m, tasks), single, higher))
+            best.step, best.metrics      # report it labelled as the best, beside history.final
+
+        Raises ``ValueError`` if there was no validation or every score is NaN.
+        """
+        scored = [(float(score(v.metrics)), v) for v in self.validations]
+        scored = [(s, v) for s, v in scored if not math.isnan(s)]
+        if not scored:
+            raise ValueError(
+                "no validation to choose from: pass val_loader to fit (and check that score "
+                "returns numbers, not NaN)"
+            )
+        sign = 1.0 if maximize else -1.0
+        return max(scored, key=lambda sv: (sign * sv[0], -sv[1].step))[1]
 
     def curve(self, key: str = "loss") -> tuple[list[int], list[float]]:
         """(steps, values) of ``"loss"``, ``"lr"``, ``"grad_norm"`` or a task name (its loss)."""
@@ -105,4 +145,5 @@ class History:
             "evals": self.evals,
             "wall_time_s": self.wall_time_s,
             "images_per_s": self.images_per_s,
+            "skipped_steps": self.skipped_steps,
         }

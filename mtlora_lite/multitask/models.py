@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.breakdown import Breakdown, trainable_breakdown
-from mtlora_lite.adapters.lora import Targets
 from mtlora_lite.adapters.mtlora import MTLoRAConfig
 from mtlora_lite.adapters.swin import (
     SwinTaskEncoder,
@@ -35,6 +34,7 @@ from mtlora_lite.adapters.swin import (
     check_swin,
     mark_mtlora_trainable,
 )
+from mtlora_lite.adapters.targets import Targets
 from mtlora_lite.multitask.decoders import DenseDecoder, TaskHead, build_decoder
 
 Method = Literal["full", "decoders", "shared_lora", "mtlora"]

@@ -26,8 +26,8 @@ from torch import nn
 
 from mtlora_lite.adapters.breakdown import trainable_breakdown
 from mtlora_lite.adapters.heads import head_similarity, nanmean
-from mtlora_lite.adapters.lora import Targets
 from mtlora_lite.adapters.multihead import MultiHeadLoRALinear
+from mtlora_lite.adapters.targets import Targets
 from mtlora_lite.multitask.history import Callback, Metrics
 
 

@@ -18,28 +18,45 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.checks import check_count, check_number
-from mtlora_lite.adapters.lora import AdapterLayer, Targets, name_matches
+from mtlora_lite.adapters.targets import Targets
 from mtlora_lite.multitask import distributed
-from mtlora_lite.multitask.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from mtlora_lite.multitask.evaluation import (
-    autocast,
-    batch_to,
-    evaluate_launched,
-    predict,
-    resolve_device,
-    seed_everything,
+from mtlora_lite.multitask.checkpoint import (
+    CHECKPOINT_NAME,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
 )
+from mtlora_lite.multitask.evaluation import batch_to, evaluate_launched, predict
 from mtlora_lite.multitask.history import Callback, History
+from mtlora_lite.multitask.loaders import reseed, steps_per_pass
+from mtlora_lite.multitask.precision import (
+    autocast,
+    check_model_dtype,
+    explain_dtype_errors,
+    grad_scaler,
+    resolve_precision,
+)
+from mtlora_lite.multitask.resume import check_same_run, run_settings
+from mtlora_lite.multitask.runtime import resolve_device, seed_everything
+from mtlora_lite.multitask.schedule import build_optimizer, build_scheduler, lr_factor
+
+__all__ = ["TrainTask", "fit", "lr_factor"]
+
+MAX_SKIPPED_IN_A_ROW = (
+    30  # fp16: consecutive steps skipped for inf / NaN gradients before fit stops
+)
 
 
 class TrainTask(Protocol):
@@ -50,94 +67,6 @@ class TrainTask(Protocol):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
 
     def new_metric(self) -> Any: ...
-
-
-def _optimizer(
-    model: nn.Module, lr: float, weight_decay: float, no_weight_decay: Targets
-) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; no weight decay on 1-D ones (biases, norms) nor on those
-    whose names match ``no_weight_decay``."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError(
-            "The model has no trainable parameters (requires_grad is False everywhere): mark "
-            "some trainable, e.g. mark_only_adapters_trainable(model) after inject_lora(...)."
-        )
-    no_decay = no_weight_decay if no_weight_decay else []
-    decay = [p.ndim >= 2 and not name_matches(n, no_decay) for n, p in named]
-    groups = [
-        {
-            "params": [p for (_, p), d in zip(named, decay, strict=True) if d],
-            "weight_decay": weight_decay,
-        },
-        {
-            "params": [p for (_, p), d in zip(named, decay, strict=True) if not d],
-            "weight_decay": 0.0,
-        },
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-
-
-def lr_factor(step: int, total: int, warmup_steps: int, min_lr: float = 0.0) -> float:
-    """Multiplier of the base lr at 0-based ``step``: linear warmup, then cosine decay to
-    ``min_lr``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total - warmup_steps)
-    return min_lr + (1.0 - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _weighted_loss(
-    model: nn.Module,
-    tasks: Mapping[str, TrainTask],
-    weights: Mapping[str, float],
-    images: Tensor,
-    targets: Mapping[str, Tensor],
-    amp: bool,
-    step: int,
-    ctx: distributed.Launch,
-) -> tuple[Tensor, float, dict[str, float]]:
-    """``sum_t weights[t] * loss_t`` (the scalar to back-propagate), its value and each task's loss
-    (means over ranks under torchrun); raises if any is not finite (on every rank alike)."""
-    with autocast(images.device, amp):
-        preds = predict(model, images, tasks)
-        losses = {n: t.loss(preds[n].float(), targets[n]) for n, t in tasks.items()}
-    loss = sum(weights[n] * losses[n] for n in tasks)
-    reported = distributed.mean_over_ranks(torch.stack([loss.detach(), *losses.values()]), ctx)
-    total, *each = reported.tolist()
-    values = dict(zip(losses, each, strict=True))
-    if not math.isfinite(total):
-        raise FloatingPointError(
-            f"Non-finite loss at step {step}: {values}. Lower the learning rate, check the inputs "
-            "for NaN / inf, or use grad_clip."
-        )
-    return loss, total, values
-
-
-def _steps_per_pass(loader: Iterable) -> int:
-    """len(loader), or a ``ValueError`` saying why a loader would give no batches."""
-    if not hasattr(loader, "__len__"):
-        raise TypeError("train_loader has no len(): pass max_steps to say how long to train.")
-    n = len(loader)  # type: ignore[arg-type]
-    if n == 0:
-        why = "its dataset is empty"
-        if isinstance(loader, DataLoader) and len(loader.dataset) > 0:  # type: ignore[arg-type]
-            why = (
-                f"its {len(loader.dataset)} examples make no full batch of {loader.batch_size} "  # type: ignore[arg-type]
-                "with drop_last=True: use a smaller batch_size, more data, or drop_last=False"
-            )
-        raise ValueError(f"train_loader yields no batches: {why}.")
-    return n
-
-
-def _reseed(loader: Iterable, seed: int, epoch: int) -> None:
-    """The same shuffle for the same (seed, epoch), whoever used the loader before: a sampler with
-    ``set_epoch`` (DistributedSampler) gets the epoch, a loader's own generator ``seed + epoch``."""
-    sampler = getattr(loader, "sampler", None)
-    if callable(getattr(sampler, "set_epoch", None)):
-        sampler.set_epoch(epoch)  # type: ignore[union-attr]
-    elif isinstance(getattr(loader, "generator", None), torch.Generator):
-        loader.generator.manual_seed(seed + epoch)  # type: ignore[union-attr]
 
 
 def fit(
@@ -153,10 +82,12 @@ def fit(
     weight_decay: float = 0.05,
     no_weight_decay: Targets = (),
     warmup: float = 0.05,
+    warmup_start_lr: float | None = None,
     grad_clip: float | None = 1.0,
     loss_weights: Mapping[str, float] | None = None,
     device: str | torch.device = "auto",
-    amp: bool = True,
+    precision: str = "bf16",
+    eval_every: int = 1,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     seed: int = 0,
@@ -167,19 +98,31 @@ def fit(
     """Train ``model`` on the weighted sum of task losses, ``sum_t loss_weights[t] * loss_t``.
 
     Schedule: ``epochs`` passes over ``train_loader``, or exactly ``max_steps`` steps if given
-    (looping over the loader as needed); linear warm-up over the fraction ``warmup`` of all steps,
-    then per-step cosine decay from ``lr`` to ``min_lr * lr``. AdamW with ``weight_decay``,
-    none on 1-D parameters nor on names matching ``no_weight_decay`` (e.g.
-    ``"relative_position_bias_table"``); gradients clipped to norm ``grad_clip``; bf16 autocast
-    on CUDA with ``amp``. Validates on ``val_loader`` after every pass and after the last step.
+    (looping over the loader as needed); linear warm-up over the fraction ``warmup`` of all steps
+    (from ``warmup_start_lr`` at step 0 if given, else from ``lr / warm-up steps``; the official
+    MTLoRA starts at 5e-7 x batch / 512), then per-step cosine decay from ``lr`` to
+    ``min_lr * lr`` (``multitask.schedule``). AdamW with ``weight_decay``, none on 1-D parameters
+    nor on names matching ``no_weight_decay`` (e.g. ``"relative_position_bias_table"``);
+    gradients clipped to norm ``grad_clip``.
+
+    ``precision`` (``multitask.precision``): "bf16" (default: bf16 autocast), "fp16" (fp16
+    autocast with a GradScaler, as the official MTLoRA trains; a step whose gradients are inf /
+    NaN is skipped, recorded in ``History.skipped_steps``, and fit stops after
+    ``MAX_SKIPPED_IN_A_ROW`` in a row) or "fp32". Autocast runs on CUDA only: on a CPU (or MPS)
+    fit trains in fp32 whatever is asked ("fp16" warns). Validation always runs in fp32.
+
+    Validation on ``val_loader`` every ``eval_every`` passes and after the last step; the History
+    keeps each one (``history.evals``, ``history.best(score)``); ``history.final`` is the last.
 
     Reproducible: ``seed`` seeds everything, and before every pass the loader is reshuffled from
     ``seed`` and the epoch (``set_epoch`` of its sampler, or its own torch.Generator), so the same
     seed gives the same run even on a loader used before.
 
     ``checkpoint_dir``: after every pass, ``checkpoint.safetensors`` there holds what is needed to
-    resume (``multitask.checkpoint``); with ``resume`` (default) a later call with the same
-    arguments continues after the last saved pass and returns the whole History.
+    resume (``multitask.checkpoint``) and the settings of the run (``multitask.resume``); with
+    ``resume`` (default) a later call with the same settings continues after the last saved pass
+    and returns the whole History, and a call with other settings is refused (pass another
+    checkpoint_dir, or resume=False, to start afresh).
 
     Under torchrun (module docstring): DDP with ``ddp_options`` (``multitask.distributed.wrap``),
     sharded data, losses and metrics reduced over ranks; progress, callbacks and checkpoints on
@@ -205,8 +148,11 @@ def fit(
     min_lr = check_number(min_lr, "min_lr", 0.0, 1.0)
     weight_decay = check_number(weight_decay, "weight_decay", 0.0)
     warmup = check_number(warmup, "warmup", 0.0, 1.0)
+    if warmup_start_lr is not None:
+        warmup_start_lr = check_number(warmup_start_lr, "warmup_start_lr", 0.0, lr)
     if grad_clip is not None:
         grad_clip = check_number(grad_clip, "grad_clip", 0.0, open_low=True)
+    eval_every = check_count(eval_every, "eval_every")
     merged = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer) and m.merged]
     if merged:
         raise RuntimeError(
@@ -215,11 +161,13 @@ def fit(
         )
     if max_steps is None:  # fail before any setup
         check_count(epochs, "epochs")
-        _steps_per_pass(train_loader)
+        steps_per_pass(train_loader)
     else:
         check_count(max_steps, "max_steps")
 
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
+    check_model_dtype(model, dev, precision)
     ctx = distributed.launch(dev)
     was_training = model.training
     history = History()
@@ -227,41 +175,57 @@ def fit(
         seed_everything(seed)
         model.to(ctx.device)
         loader = distributed.shard_train(train_loader, ctx, int(seed))
-        total = int(max_steps) if max_steps is not None else epochs * _steps_per_pass(loader)
-        val = None if val_loader is None else distributed.shard_eval(val_loader, ctx)
-        optimizer = _optimizer(model, lr, weight_decay, no_weight_decay)
-        warmup_steps = round(warmup * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, total, warmup_steps, min_lr)
+        total = int(max_steps) if max_steps is not None else epochs * steps_per_pass(loader)
+        optimizer = build_optimizer(model, lr, weight_decay, no_weight_decay)
+        start = None if warmup_start_lr is None else warmup_start_lr / lr
+        scheduler = build_scheduler(optimizer, total, round(warmup * total), min_lr, start)
+        settings = run_settings(
+            steps=total,
+            lr=lr,
+            min_lr=min_lr,
+            weight_decay=weight_decay,
+            no_weight_decay=no_weight_decay,
+            warmup=warmup,
+            warmup_start_lr=warmup_start_lr,
+            grad_clip=grad_clip,
+            loss_weights=weights,
+            seed=int(seed),
+            precision=precision,
+            eval_every=eval_every,
+            processes=ctx.world_size,
         )
+        scaler = grad_scaler(ctx.device, precision)
         path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
-        saved = load_checkpoint(path, model, optimizer, scheduler) if path and resume else None
-        if saved is not None and saved["total"] != total:
-            raise ValueError(
-                f"checkpoint {path} is for a run of {saved['total']} steps, this one has {total}: "
-                "resume with the same schedule, or pass resume=False to start afresh"
-            )
+        saved = read_checkpoint(path) if path and resume else None
         if saved is not None:
-            history = History.from_dict(saved["history"])
-        _train(
-            distributed.wrap(model, ctx, ddp_options),
-            model,
-            tasks,
-            loader,
-            val,
-            weights,
-            total=total,
+            check_same_run(saved, settings)
+            restore_checkpoint(saved, model, optimizer, scheduler, scaler)
+            history = History.from_dict(saved.progress["history"])
+        run = _Run(
+            model=model,
+            ddp_model=distributed.wrap(model, ctx, ddp_options),
+            tasks=tasks,
+            weights=weights,
             optimizer=optimizer,
             scheduler=scheduler,
-            history=history,
-            epoch=0 if saved is None else saved["epoch"],
-            amp=amp,
+            scaler=scaler,
+            precision=precision,
             grad_clip=grad_clip,
+            total=total,
+            eval_every=eval_every,
+            ctx=ctx,
+            settings=settings,
+            checkpoint=path if ctx.main else None,
+        )
+        _train(
+            run,
+            loader,
+            None if val_loader is None else distributed.shard_eval(val_loader, ctx),
+            history=history,
+            epoch=0 if saved is None else saved.progress["epoch"],
             callbacks=callbacks if ctx.main else (),
             progress=progress and ctx.main,
             seed=int(seed),
-            ctx=ctx,
-            checkpoint=path if ctx.main else None,
             batch_size=getattr(train_loader, "batch_size", None),
         )
     except BaseException as err:
@@ -273,35 +237,103 @@ def fit(
     return history
 
 
+@dataclass
+class _Run:
+    """What the loop of ``fit`` trains with (``fit``'s arguments, checked and built)."""
+
+    model: nn.Module  # the model itself: callbacks, evaluation, checkpoints
+    ddp_model: nn.Module  # what the steps run through: the model, or its DDP wrapper
+    tasks: Mapping[str, TrainTask]
+    weights: Mapping[str, float]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    precision: str  # the precision used (``resolve_precision``)
+    grad_clip: float | None
+    total: int  # optimizer steps of the whole run
+    eval_every: int
+    ctx: distributed.Launch
+    settings: dict[str, Any]  # ``run_settings``, stored in each checkpoint
+    checkpoint: Path | None = None  # where to save after every pass (rank 0)
+
+
+def _weighted_loss(
+    run: _Run, images: Tensor, targets: Mapping[str, Tensor], step: int
+) -> tuple[Tensor, float, dict[str, float]]:
+    """``sum_t weights[t] * loss_t`` (the scalar to back-propagate), its value and each task's loss
+    (means over ranks under torchrun). Raises if it is not finite (on every rank alike), except
+    under fp16 loss scaling, which skips such a step."""
+    with autocast(images.device, run.precision), explain_dtype_errors(run.model, images):
+        preds = predict(run.ddp_model, images, run.tasks)
+        losses = {n: t.loss(preds[n].float(), targets[n]) for n, t in run.tasks.items()}
+    loss = sum(run.weights[n] * losses[n] for n in run.tasks)
+    reported = distributed.mean_over_ranks(torch.stack([loss.detach(), *losses.values()]), run.ctx)
+    total, *each = reported.tolist()
+    values = dict(zip(losses, each, strict=True))
+    if not math.isfinite(total) and not run.scaler.is_enabled():
+        raise FloatingPointError(
+            f"Non-finite loss at step {step}: {values}. Lower the learning rate, check the inputs "
+            "for NaN / inf, or use grad_clip."
+        )
+    return loss, total, values
+
+
+def _step(run: _Run, images: Tensor, targets: Mapping[str, Tensor], step: int) -> dict[str, Any]:
+    """One optimizer step (1-based ``step``); returns its record for the History, with
+    ``"skipped": True`` when fp16 loss scaling skipped the update."""
+    logs: dict[str, Any] = {"step": step, "lr": run.optimizer.param_groups[0]["lr"]}
+    loss, logs["loss"], values = _weighted_loss(run, images, targets, step)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)  # (a no-op unless fp16) so that clipping sees true norms
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    norm = nn.utils.clip_grad_norm_(trainable, run.grad_clip or math.inf)
+    logs.update(grad_norm=norm.item(), losses=values)
+    scale = run.scaler.get_scale() if run.scaler.is_enabled() else None
+    run.scaler.step(run.optimizer)  # skips the update if a gradient is inf / NaN (fp16)
+    run.scaler.update()
+    if scale is not None:
+        logs.update(loss_scale=scale, skipped=run.scaler.get_scale() < scale)
+    with warnings.catch_warnings():  # a skipped first step makes torch warn about the order
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+        run.scheduler.step()  # the schedule counts skipped steps too, as the official code's
+    return logs
+
+
+def _skipped(history: History, logs: dict[str, Any]) -> None:
+    """Record a step that fp16 loss scaling skipped; stop after too many in a row."""
+    if not logs.pop("skipped", False):
+        return
+    history.skipped_steps.append(logs["step"])
+    recent = history.skipped_steps[-MAX_SKIPPED_IN_A_ROW:]
+    if len(recent) == MAX_SKIPPED_IN_A_ROW and recent[0] == logs["step"] - len(recent) + 1:
+        raise FloatingPointError(
+            f"fp16 loss scaling skipped the last {MAX_SKIPPED_IN_A_ROW} steps (up to step "
+            f"{logs['step']}; loss {logs['loss']}, loss scale {logs['loss_scale']}): the "
+            "gradients are inf / NaN even at a small scale. Lower the learning rate, check the "
+            "inputs for NaN / inf, or train with precision='bf16' or 'fp32'."
+        )
+
+
 def _train(
-    ddp_model: nn.Module,
-    model: nn.Module,
-    tasks: Mapping[str, TrainTask],
+    run: _Run,
     loader: Iterable,
     val: Iterable | None,
-    weights: Mapping[str, float],
     *,
-    total: int,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     history: History,
     epoch: int,
-    amp: bool,
-    grad_clip: float | None,
     callbacks: Sequence[Callback],
     progress: bool,
     seed: int,
-    ctx: distributed.Launch,
-    checkpoint: Path | None,
     batch_size: int | None,
 ) -> None:
     """The loop of ``fit`` from ``epoch`` (passes done) on, filling ``history`` in place."""
+    ctx, model, total = run.ctx, run.model, run.total
     if ctx.active and progress and batch_size is not None:
         tqdm.write(
             f"torchrun: {ctx.world_size} processes x batch {batch_size} = effective batch "
             f"{ctx.world_size * batch_size}; lr is used as given"
         )
-    trainable = [p for p in model.parameters() if p.requires_grad]
     step = len(history.steps)
     n_images, train_time, smooth = 0, 0.0, None
     start = time.perf_counter() - history.wall_time_s
@@ -311,24 +343,15 @@ def _train(
     with tqdm(total=total, initial=step, desc="train", disable=not progress) as bar:
         while step < total:
             epoch += 1
-            _reseed(loader, seed, epoch)
+            reseed(loader, seed, epoch)
             tic, steps_before = time.perf_counter(), step
             for batch in loader:
                 images, targets = batch_to(batch, ctx.device)
-                current_lr = optimizer.param_groups[0]["lr"]
-                loss, value, values = _weighted_loss(
-                    ddp_model, tasks, weights, images, targets, amp, step + 1, ctx
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = nn.utils.clip_grad_norm_(trainable, grad_clip or math.inf)
-                optimizer.step()
-                scheduler.step()
+                logs = _step(run, images, targets, step + 1)
                 step, n_images = step + 1, n_images + images.shape[0] * ctx.world_size
-                logs = {"step": step, "lr": current_lr, "loss": value}
-                logs.update(grad_norm=norm.item(), losses=values)
                 history.steps.append(logs)
-                smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+                _skipped(history, logs)
+                smooth = logs["loss"] if smooth is None else 0.9 * smooth + 0.1 * logs["loss"]
                 bar.update(1)
                 bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
                 for cb in callbacks:
@@ -338,14 +361,21 @@ def _train(
             train_time += time.perf_counter() - tic
             if step == steps_before:
                 raise ValueError("train_loader yielded no batches (an empty iterable?).")
-            if val is not None:
-                metrics = evaluate_launched(model, tasks, val, ctx, amp, progress=False)
+            if val is not None and (epoch % run.eval_every == 0 or step >= total):
+                metrics = evaluate_launched(model, run.tasks, val, ctx, progress=False)
                 history.evals.append({"epoch": epoch, "step": step, "metrics": metrics})
                 for cb in callbacks:
                     cb.on_eval_end(epoch, model, metrics)
             history.wall_time_s = time.perf_counter() - start
             if n_images:
                 history.images_per_s = n_images / max(train_time, 1e-9)
-            if checkpoint is not None:
-                progress_state = {"epoch": epoch, "total": total, "history": history.to_dict()}
-                save_checkpoint(checkpoint, model, optimizer, scheduler, progress_state)
+            if run.checkpoint is not None:
+                save_checkpoint(
+                    run.checkpoint,
+                    model,
+                    run.optimizer,
+                    run.scheduler,
+                    run.scaler,
+                    {"epoch": epoch, "history": history.to_dict()},
+                    run.settings,
+                )

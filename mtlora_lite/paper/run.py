@@ -140,14 +140,14 @@ def run_one(
         grad_clip=recipe.grad_clip,
         loss_weights={t: LOSS_WEIGHTS[t] for t in spec.tasks},
         device=device,
-        amp=recipe.amp,
+        precision="bf16" if recipe.amp else "fp32",
         callbacks=[log, *callbacks],
         progress=progress,
         seed=recipe.seed,
         checkpoint_dir=run_dir,
     )
     tic = time.perf_counter()
-    metrics = evaluate(model, tasks, val, device=device, amp=recipe.amp, progress=progress)
+    metrics = evaluate(model, tasks, val, device=device, progress=progress)
     seconds = history.wall_time_s + time.perf_counter() - tic
     dev, breakdown = resolve_device(device), trainable_breakdown(model)
     record = {
