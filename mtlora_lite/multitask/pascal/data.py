@@ -36,6 +36,7 @@ DOWNLOAD_URL = "https://data.vision.ee.ethz.ch/kmaninis/share/MTL/PASCAL_MT.tgz"
 LABELS = ("semseg", "human_parts", "sal", "normals", "edge")  # what a sample can hold
 TASKS = ("semseg", "human_parts", "sal", "normals")  # the benchmark's four (MTLoRA's)
 IGNORE = 255  # label value of pixels without ground truth
+NUM_SEMSEG = 21  # semseg classes: background and the 20 PASCAL VOC classes
 PERSON = 15  # PASCAL VOC class index of "person" in the PASCAL-Part objects
 
 # PASCAL-Part part names -> the six human parts of the benchmark (0 is background)
@@ -84,6 +85,14 @@ class MissingDataError(FileNotFoundError):
     """A folder or file of the archive is missing; the message says which and how to get it."""
 
 
+class BadFileError(ValueError):
+    """A file of the archive is not what the benchmark expects: ``path`` and ``problem``."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
 def missing(what: Path | str, root: Path | str, detail: str = "") -> MissingDataError:
     """The error for a missing part of the archive, with the download instructions."""
     return MissingDataError(
@@ -115,21 +124,64 @@ def task_files(root: Path, image_id: str, tasks: Sequence[str]) -> dict[str, Pat
     return files
 
 
+def _undecodable(path: Path, what: str, err: Exception) -> Exception:
+    """``err`` itself if the file is missing or unreadable, else a ``BadFileError``."""
+    if isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError):
+        return err
+    return BadFileError(path, f"cannot be read as {what}: truncated or damaged? ({err!r})")
+
+
 def _png(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im)
+    """The pixels of an image file, decoded completely."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im)
+    except Exception as err:  # PIL raises many kinds of error for a damaged file
+        raise _undecodable(path, "an image", err) from err
 
 
 def _loadmat(path: Path) -> dict[str, Any]:
     from scipy.io import loadmat  # scipy only where .mat files are read
 
-    return loadmat(str(path))
+    try:
+        return loadmat(str(path))
+    except Exception as err:  # scipy raises many kinds of error for a damaged file
+        raise _undecodable(path, "a MATLAB file", err) from err
 
 
 def read_image(path: Path) -> np.ndarray:
     """A JPEG as uint8 (H, W, 3) RGB."""
-    with Image.open(path) as im:
+    pixels = _png(path)
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return pixels
+    with Image.open(path) as im:  # grey or palette: as the loaders' convert("RGB")
         return np.asarray(im.convert("RGB"))
+
+
+def read_semseg(path: Path) -> np.ndarray:
+    """Semseg labels uint8 (H, W): 0..20 (0 = background) or ``IGNORE``; ``BadFileError`` for
+    a PNG of several channels or with other values."""
+    labels = _png(path)
+    if labels.ndim != 2:
+        raise BadFileError(
+            path, f"an image of {labels.shape[2]} channels; semseg labels are a one-channel PNG"
+        )
+    odd = np.setdiff1d(np.unique(labels), [*range(NUM_SEMSEG), IGNORE])
+    if odd.size:
+        raise BadFileError(
+            path, f"labels {odd[:5].tolist()} outside 0..{NUM_SEMSEG - 1} and {IGNORE}"
+        )
+    return labels.astype(np.uint8)
+
+
+def read_labelmap(path: Path) -> np.ndarray:
+    """The PASCAL-Context ``LabelMap`` (H, W) of class ids from a ``.mat``."""
+    labelmap = _loadmat(path).get("LabelMap")
+    if labelmap is None or np.ndim(labelmap) != 2:
+        found = "no 'LabelMap'" if labelmap is None else f"a LabelMap of {np.shape(labelmap)}"
+        raise BadFileError(path, f"{found}; expected a 2-D LabelMap of class ids")
+    return labelmap
 
 
 def part_objects(path: Path) -> np.ndarray:
@@ -140,7 +192,7 @@ def part_objects(path: Path) -> np.ndarray:
         return anno[0, 0][1][0]  # type: ignore[index]
     except (TypeError, IndexError, KeyError, ValueError) as err:
         found = "no 'anno'" if anno is None else f"an 'anno' of {np.shape(anno)} without objects"
-        raise ValueError(f"{path}: {found}; a PASCAL-Part file holds anno.objects") from err
+        raise BadFileError(path, f"{found}; a PASCAL-Part file holds anno.objects") from err
 
 
 def has_person(path: Path) -> bool:
@@ -165,19 +217,22 @@ def read_human_parts(path: Path, shape: tuple[int, int]) -> np.ndarray:
         for part in obj[3][0]:
             name = str(part[0][0])
             if name not in HUMAN_PARTS:
-                raise ValueError(
-                    f"{path}: unknown PASCAL-Part part {name!r}; known parts: {sorted(HUMAN_PARTS)}"
+                raise BadFileError(
+                    path, f"unknown PASCAL-Part part {name!r}; known parts: {sorted(HUMAN_PARTS)}"
                 )
             mask = part[1].astype(bool)
             if mask.shape != shape:
-                raise ValueError(f"{path}: part mask {mask.shape} but the image is {shape}")
+                raise BadFileError(path, f"part mask {mask.shape} but the image is {shape}")
             labels[mask] = HUMAN_PARTS[name]
     return labels if labels.any() else np.full(shape, IGNORE, dtype=np.uint8)
 
 
 def read_saliency(path: Path) -> np.ndarray:
     """Saliency uint8 (H, W) in {0, 1}: grey level / 255 > 0.5."""
-    return (_png(path).astype(np.float32) / 255 > 0.5).astype(np.uint8)
+    grey = _png(path)
+    if grey.ndim != 2:
+        raise BadFileError(path, f"an image of {grey.shape[2]} channels; saliency is grey")
+    return (grey.astype(np.float32) / 255 > 0.5).astype(np.uint8)
 
 
 def read_normals(path: Path, labelmap: np.ndarray) -> np.ndarray:
@@ -186,7 +241,10 @@ def read_normals(path: Path, labelmap: np.ndarray) -> np.ndarray:
     of the public loaders assumes), z the third channel."""
     rgb = _png(path)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"{path}: normals must be an RGB PNG, got an array of {rgb.shape}")
+        raise BadFileError(path, f"normals must be an RGB PNG, got an array of {rgb.shape}")
+    if rgb.shape[:2] != labelmap.shape:
+        (h, w), (lh, lw) = rgb.shape[:2], labelmap.shape
+        raise BadFileError(path, f"{w} x {h} pixels, but its LabelMap is {lw} x {lh}")
     normals = 2 * rgb.astype(np.float32) / 255 - 1
     valid = np.isin(labelmap, list(NORMALS_CLASSES))
     return normals * valid[..., None]
@@ -205,41 +263,80 @@ def read_edges(labelmap: np.ndarray) -> np.ndarray:
     return edge.astype(np.uint8)
 
 
+def _fits(
+    value: np.ndarray, files: dict[str, Path], name: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    """``value`` (read from ``files[name]``) if its size is ``shape``, its image's (H, W)."""
+    (h, w), (ih, iw) = value.shape[:2], shape
+    if (h, w) != (ih, iw):
+        image = files["image"].name
+        raise BadFileError(files[name], f"{w} x {h} pixels, but its image {image} is {iw} x {ih}")
+    return value
+
+
 def load_sample(root: Path, image_id: str, tasks: Sequence[str]) -> dict[str, np.ndarray]:
     """One sample at the image's size: "image" uint8 (H, W, 3) and, per task, "semseg" /
     "human_parts" uint8 (H, W) with 255 = ignore, "sal" / "edge" uint8 (H, W) in {0, 1},
-    "normals" float32 (H, W, 3) (zero = invalid)."""
+    "normals" float32 (H, W, 3) (zero = invalid). ``BadFileError`` names a file that cannot be
+    read, holds what it should not, or has another size than its image."""
     files = task_files(root, image_id, tasks)
     image = read_image(files["image"])
     shape = image.shape[:2]
     sample = {"image": image}
-    labelmap = _loadmat(files["labelmap"])["LabelMap"] if "labelmap" in files else None
+    labelmap = None
+    if "labelmap" in files:
+        labelmap = _fits(read_labelmap(files["labelmap"]), files, "labelmap", shape)
     for task in tasks:
         if task == "semseg":
-            sample[task] = _png(files[task]).astype(np.uint8)
+            sample[task] = _fits(read_semseg(files[task]), files, task, shape)
         elif task == "human_parts":
-            sample[task] = read_human_parts(files[task], shape)
+            sample[task] = read_human_parts(files[task], shape)  # checks its masks' size
         elif task == "sal":
-            sample[task] = read_saliency(files[task])
+            sample[task] = _fits(read_saliency(files[task]), files, task, shape)
         elif task == "normals":
-            sample[task] = read_normals(files[task], labelmap)
+            sample[task] = read_normals(files[task], labelmap)  # checks against the LabelMap
         elif task == "edge":
             sample[task] = read_edges(labelmap)
-    wrong = {k: v.shape[:2] for k, v in sample.items() if v.shape[:2] != shape}
-    if wrong:
-        raise ValueError(f"{image_id}: labels {wrong} differ from the image's size {shape}")
     return sample
 
 
-def read_split(root: str | Path, split: str) -> list[str]:
-    """The ids of ``ImageSets/Context/<split>.txt`` (``MissingDataError`` if it is missing)."""
+def split_ids(path: Path) -> list[str]:
+    """The ids of an id list, one a line (blank lines and surrounding spaces skipped);
+    ``BadFileError`` if it is not plain UTF-8 without a byte-order mark, or an id is not made of
+    letters, digits and underscores (as ``2008_000002``)."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise BadFileError(
+            path, "starts with a UTF-8 byte-order mark (BOM): save it as UTF-8 without BOM"
+        )
+    try:
+        lines = raw.decode().splitlines()
+    except UnicodeDecodeError as err:
+        raise BadFileError(path, f"is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    ids = [(k, line.strip()) for k, line in enumerate(lines, 1) if line.strip()]
+    odd = [
+        f"line {k}: {i!r}" for k, i in ids if not i.replace("_", "").isalnum() or not i.isascii()
+    ]
+    if odd:
+        raise BadFileError(path, f"ids must be letters, digits and '_': {', '.join(odd[:5])}")
+    return [i for _, i in ids]
+
+
+def split_path(root: str | Path, split: str) -> Path:
+    """``ImageSets/Context/<split>.txt`` of ``root``; ``MissingDataError`` if the archive or the
+    id list is missing."""
     root = Path(root)
     if not (root / FOLDERS["image"]).is_dir():
         raise missing(root / FOLDERS["image"], root, " (is this the extracted PASCAL_MT folder?)")
     path = root / FOLDERS["split"] / f"{split}.txt"
     if not path.is_file():
         raise missing(path, root, f" (the id list of split {split!r}: 'train' or 'val')")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return path
+
+
+def read_split(root: str | Path, split: str) -> list[str]:
+    """The ids of ``ImageSets/Context/<split>.txt`` (``split_path``, ``split_ids``)."""
+    return split_ids(split_path(root, split))
 
 
 class PascalContext(Dataset):

@@ -16,10 +16,14 @@ The persons cover the cases of the human-parts rules (``PERSONS``, by image inde
 person with six annotated parts (0, 1, 4), no person at all (2), a person annotated without parts
 (3: kept by ``has_person``, its parts map all ignore), and a person object whose mask is empty
 (5: no person for ``has_person``). With the default n = 6, train holds 0-3 and val 4-5.
+
+``damage_pascal_fixture`` then spoils a fixture in every way ``pascal.check`` must report, one
+kind of damage per image, in both splits (``DAMAGE``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +171,79 @@ def write_pascal_fixture(folder: str | Path, n: int = 6, seed: int = 0) -> Path:
         with atomic_path(root / FOLDERS["split"] / f"{split}.txt") as tmp:
             tmp.write_text("".join(f"{i}\n" for i in names))
     return root
+
+
+def _cut(path: Path) -> None:
+    """Keep the first half of the file's bytes."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _relabel(path: Path, value: int) -> None:
+    """Give one pixel of a semseg PNG the label ``value``."""
+    with Image.open(path) as im:
+        labels = np.array(im)
+    labels[0, 0] = value
+    Image.fromarray(labels).save(path, format="PNG")
+
+
+def _resave(path: Path, mode: str, half: bool = False) -> None:
+    """Save the image again in ``mode`` (and at half its size)."""
+    with Image.open(path) as im:
+        im = im.convert(mode)
+        im = im.resize((im.width // 2, im.height // 2)) if half else im
+        im.save(path, format="PNG")
+
+
+def _unknown_part(path: Path) -> None:
+    """Rename the first part of the person of a PASCAL-Part file to one that does not exist."""
+    from scipy.io import loadmat
+
+    anno = loadmat(str(path))["anno"]
+    anno[0, 0][1][0, 0][3][0, 0][0] = np.array(["tail"])
+    _save_mat(path, {"anno": anno})
+
+
+# kind of damage -> (folder of the spoiled file, its suffix, how it is spoiled)
+DAMAGE: dict[str, tuple[str, str, Callable[[Path], None]]] = {
+    "truncated JPEG": ("image", ".jpg", _cut),
+    "empty JPEG": ("image", ".jpg", lambda p: p.write_bytes(b"")),
+    "truncated PNG": ("sal", ".png", _cut),
+    "missing file": ("sal", ".png", lambda p: p.unlink()),
+    "RGB semseg PNG": ("semseg", ".png", lambda p: _resave(p, "RGB")),
+    "label 40 in semseg": ("semseg", ".png", lambda p: _relabel(p, 40)),
+    "truncated .mat": ("human_parts", ".mat", _cut),
+    "random bytes .mat": (
+        "labelmap",
+        ".mat",
+        lambda p: p.write_bytes(np.random.default_rng(0).bytes(999)),
+    ),
+    ".mat without anno": ("human_parts", ".mat", lambda p: _save_mat(p, {"objects": np.zeros(1)})),
+    "unknown part name": ("human_parts", ".mat", _unknown_part),
+    "wrong-size normals": ("normals", ".png", lambda p: _resave(p, "RGB", half=True)),
+    "grey normals": ("normals", ".png", lambda p: _resave(p, "L")),
+}
+
+
+def damage_pascal_fixture(root: str | Path) -> dict[str, Path]:
+    """Spoil a fixture written with ``n >= len(DAMAGE) + 3`` (the first image of each person
+    case stays whole): one kind of ``DAMAGE`` per image from the fourth on (both splits), and a
+    byte-order mark put before the val id list. Returns {kind: the spoiled file}."""
+    root = Path(root)
+    ids = [
+        line
+        for split in ("train", "val")
+        for line in (root / FOLDERS["split"] / f"{split}.txt").read_text().split()
+    ]
+    if len(ids) < len(DAMAGE) + 3:
+        raise ValueError(f"damage needs a fixture of n >= {len(DAMAGE) + 3}, got {len(ids)}")
+    spoiled = {}
+    for image_id, (kind, (folder, suffix, spoil)) in zip(ids[3:], DAMAGE.items(), strict=False):
+        path = root / FOLDERS[folder] / f"{image_id}{suffix}"
+        if folder == "semseg":
+            path = next((root / FOLDERS["semseg"]).glob(f"*/{image_id}.png"))
+        spoil(path)
+        spoiled[kind] = path
+    val = root / FOLDERS["split"] / "val.txt"
+    val.write_bytes(b"\xef\xbb\xbf" + val.read_bytes())
+    spoiled["BOM in a split file"] = val
+    return spoiled
