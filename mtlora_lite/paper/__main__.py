@@ -1,7 +1,7 @@
-"""``python -m mtlora_lite.paper``: the command of ``paper.run``."""
+"""``python -m mtlora_lite.paper``: the command of ``paper.command``."""
 
 import sys
 
-from mtlora_lite.paper.run import main
+from mtlora_lite.paper.command import main
 
 sys.exit(main())
