@@ -47,6 +47,7 @@ from mtlora_lite.multitask.pascal.check import DataCheckError, check_archive
 from mtlora_lite.multitask.pascal.data import PascalContext, split_path
 from mtlora_lite.multitask.pascal.tasks import LOSS_WEIGHTS, pascal_tasks
 from mtlora_lite.multitask.pascal.transforms import PascalTransform
+from mtlora_lite.multitask.precision import AUTOCAST_DEVICES
 from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.train import fit
 from mtlora_lite.paper.outputs import finished_records, prepare_out, read_record, same_recipe
@@ -180,7 +181,7 @@ def run_one(
         "processes": world,
         "device_hours": history.wall_time_s * world / 3600,
         "recipe": recipe.name,
-        "precision": recipe.precision,
+        "precision": recipe.precision if dev.type in AUTOCAST_DEVICES else "fp32",  # as trained
     }
     if rank == 0:
         save_adapters(model, run_dir / "adapters.safetensors")
@@ -246,9 +247,11 @@ def write_results(recipe: PaperRecipe, data: Path, out: Path, write: bool = True
     records = finished_records(out)
     rows, best = table_rows(records), best_rows(records)
     devices = sorted({r["device"] for r in records.values()})
+    precisions = sorted({r.get("precision", "?") for r in records.values()}) or [recipe.precision]
     notes = [
         f"recipe {recipe.name}: {recipe.epochs} epochs, batch {recipe.batch_size}, "
-        f"{recipe.img_size} x {recipe.img_size}, {recipe.precision} training, fp32 evaluation, "
+        f"{recipe.img_size} x {recipe.img_size}, {'/'.join(precisions)} training, fp32 "
+        "evaluation, "
         f"backbone {recipe.backbone} ({'pretrained' if recipe.pretrained else 'random init'}); "
         f"{recipe.estimate}",
         f"data {data}; device {', '.join(devices)}; runs finished: {len(records)} of "
