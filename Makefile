@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make course   create .venv if missing, install, execute every notebook (PROFILE=smoke for a quick pass)
 #   make test     create .venv if missing, install, run the tests (notebooks included, smoke profile)
-#   make paper DATA=/path/to/PASCAL_MT [RECIPE=paper-quick|paper|fixture]   the MTLoRA paper's table
+#   make paper [DATA=data/PASCAL_MT] [RECIPE=paper-quick|paper|fixture]   the MTLoRA paper's table
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,8 @@ PROFILE ?= course
 DEVICE ?= auto
 STAMP := $(VENV)/.installed
 RECIPE ?= paper-quick
-DATA ?=
+# the PASCAL_MT archive (data/README.md); the fixture recipe writes its own
+DATA ?= $(if $(filter fixture,$(RECIPE)),,data/PASCAL_MT)
 
 .PHONY: install course test lint format bench paper gpu-check gpu-check-dry clean
 
@@ -40,9 +41,8 @@ bench: install
 paper: install
 	$(PY) -m mtlora_lite.paper --recipe $(RECIPE) --device $(DEVICE) $(if $(DATA),--data $(DATA))
 
-# The prepared GPU check (CUDA tests, the course's training runs, the benchmark; about 7 min on
-# one H200): benchmarks/RESULTS.md says how to run it on a lent GPU. gpu-check-dry runs the same
-# parts on the CPU, small (about 3 min on 2 cores).
+# The GPU check (CUDA tests, the course's training runs, the benchmark; 500 s budget on one GPU):
+# benchmarks/README.md. gpu-check-dry runs the same parts on the CPU, small (a few minutes).
 gpu-check: install
 	rm -rf outputs/gpu_check
 	$(PY) benchmarks/gpu_check.py --out outputs/gpu_check

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import timm
 import torch
@@ -46,7 +45,7 @@ from mtlora_lite import (
     mark_only_adapters_trainable,
 )
 from mtlora_lite.adapters.targets import TIMM_TARGETS as TARGETS
-from mtlora_lite.multitask.models import PAPER_TASKS
+from mtlora_lite.multitask.pascal.tasks import pascal_tasks
 
 RANK = 16
 HEADS = 4  # multi-head LoRA: HEADS heads of rank RANK // HEADS, rank-matched to LoRA r=RANK
@@ -107,7 +106,7 @@ def _multihead(init: str) -> Callable[[nn.Module], nn.Module]:
 
 
 def _dense(method: str) -> Callable[[nn.Module], nn.Module]:
-    tasks = [SimpleNamespace(name=n, out_channels=c, dense=True) for n, c in PAPER_TASKS.items()]
+    tasks = list(pascal_tasks().values())
     options = {} if method == "full" else {"shared_rank": RANK}
     options |= {"task_rank": 4} if method == "mtlora" else {}
     return lambda swin: build_model(swin, tasks, method, **options)
@@ -129,7 +128,7 @@ GROUPS: dict[str, dict[str, Callable[[nn.Module], nn.Module]]] = {
         f"mtlora r={RANK}, task r=4": _dense("mtlora"),
     },
 }
-# (what, numerator, denominator) ratios against the targets of DESIGN.md section 6
+# (what, numerator, denominator): the ratios that benchmarks/README.md sets targets for
 DERIVED = [
     (
         "LoRA / full FT (target <= 0.85 eager, 0.90 compiled)",
@@ -339,7 +338,7 @@ def format_rows(rows: list[Row]) -> str:
 
 
 def derived_ratios(rows: list[Row]) -> list[dict[str, str | float]]:
-    """The ratios DESIGN.md section 6 sets targets for, per model and mode."""
+    """The ratios benchmarks/README.md sets targets for, per model and mode."""
     ms = {(r.model, r.mode, r.variant): r.ms for r in rows}
     out: list[dict[str, str | float]] = []
     for model, mode in dict.fromkeys((r.model, r.mode) for r in rows):

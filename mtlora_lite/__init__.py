@@ -1,108 +1,96 @@
 """mtlora_lite: LoRA, MTLoRA and R-LoRA for timm vision transformers, small enough to read.
 
-The package has three rooms, whose imports point one way (course -> multitask -> adapters):
+The package has four rooms; imports point from the applications to the library, never back:
 
 - ``mtlora_lite.adapters``: the layers (torch only; timm for the Swin parts). Lift them into any
   project: LoRA, multi-head LoRA / R-LoRA, MTLoRA on timm Swin, saving, parameter breakdowns.
-- ``mtlora_lite.multitask``: tasks and metrics, decoders, multi-task models, the trainer.
-- ``mtlora_lite.course``: what the course needs besides (procedural scenes, the course Swin,
-  recipes, run records, figures, widgets). Import it as ``mtlora_lite.course.<module>``.
+- ``mtlora_lite.multitask``: tasks and metrics, decoders, multi-task models, the trainer, the
+  PASCAL-Context dataset.
+- ``mtlora_lite.course`` and ``mtlora_lite.paper``: the applications, the course's helpers and
+  the paper's table. Import them as ``mtlora_lite.course.<module>``.
 
-This module exports the library (the first two rooms) only, grouped by purpose.
+This module exports the library (the first two rooms) only, grouped by purpose; each name is
+imported on first use, so ``import mtlora_lite`` imports neither torch nor timm by itself.
 """
 
-# ruff: noqa: I001 (the imports are grouped by purpose, not sorted)
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-# LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect;
-# LoRA on some blocks of a fused Linear (q and v of timm's attn.qkv)
-from mtlora_lite.adapters.base import AdapterLayer
-from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
-from mtlora_lite.adapters.lora import LoRALinear, inject_lora
-from mtlora_lite.adapters.merging import merge_adapters, unmerge_adapters
-from mtlora_lite.adapters.targets import adapter_layers, inject_adapters, linear_names
-from mtlora_lite.adapters.blocks import BlockLoRALinear, inject_qkv_lora
-
-# Multi-head LoRA (HydraLoRA) and R-LoRA
-from mtlora_lite.adapters.multihead import (
-    MultiHeadConfig,
-    MultiHeadLoRALinear,
-    inject_multihead_lora,
-    inject_rank_matched_lora,
-)
-
-# MTLoRA on a timm Swin
-from mtlora_lite.adapters.mtlora import MTLoRAConfig, MTLoRALinear
-from mtlora_lite.adapters.swin import SwinTaskEncoder, inject_mtlora, mark_mtlora_trainable
-
-# Adapter files (ours, and Hugging Face PEFT's LoRA format), parameter counts, multi-head diagnostics
-from mtlora_lite.adapters.saving import load_adapters, save_adapters
-from mtlora_lite.adapters.peft import export_peft, import_peft
-from mtlora_lite.adapters.breakdown import Breakdown, count_parameters, trainable_breakdown
-from mtlora_lite.adapters.heads import head_similarity, router_statistics
-
-# Multi-task models, tasks and training (and its TensorBoard logs; tensorboard is optional)
-from mtlora_lite.multitask.models import MultiTaskNet, build_model, paper_breakdown
-from mtlora_lite.multitask.tasks import Task, delta_m, primary_metrics, relative_changes
-from mtlora_lite.multitask.train import fit
-from mtlora_lite.multitask.evaluation import evaluate
-from mtlora_lite.multitask.runtime import resolve_device, seed_everything
-from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder, History
-from mtlora_lite.multitask.tensorboard import TensorBoardLogger
+_A, _M = "mtlora_lite.adapters", "mtlora_lite.multitask"
+_HOMES = {  # name -> the module that defines it
+    # LoRA on any nn.Linear of any model: inject by name, freeze by structure, merge, inspect;
+    # LoRA on some blocks of a fused Linear (q and v of timm's attn.qkv)
+    "AdapterLayer": f"{_A}.base",
+    "LoRAConfig": f"{_A}.lora",
+    "LoRALinear": f"{_A}.lora",
+    "inject_lora": f"{_A}.lora",
+    "BlockLoRALinear": f"{_A}.blocks",
+    "inject_qkv_lora": f"{_A}.blocks",
+    "adapter_layers": f"{_A}.targets",
+    "inject_adapters": f"{_A}.targets",
+    "linear_names": f"{_A}.targets",
+    "mark_only_adapters_trainable": f"{_A}.freezing",
+    "merge_adapters": f"{_A}.merging",
+    "unmerge_adapters": f"{_A}.merging",
+    "unload_adapters": f"{_A}.merging",
+    "disable_adapters": f"{_A}.merging",
+    # multi-head LoRA (HydraLoRA) and R-LoRA
+    "MultiHeadConfig": f"{_A}.multihead",
+    "MultiHeadLoRALinear": f"{_A}.multihead",
+    "inject_multihead_lora": f"{_A}.multihead",
+    "inject_rank_matched_lora": f"{_A}.multihead",
+    # MTLoRA on a timm Swin
+    "MTLoRAConfig": f"{_A}.mtlora",
+    "MTLoRALinear": f"{_A}.mtlora",
+    "SwinTaskEncoder": f"{_A}.swin",
+    "inject_mtlora": f"{_A}.swin",
+    "mark_mtlora_trainable": f"{_A}.swin",
+    # adapter files (ours, and Hugging Face PEFT's LoRA format), parameter counts, diagnostics
+    "load_adapters": f"{_A}.saving",
+    "save_adapters": f"{_A}.saving",
+    "export_peft": f"{_A}.peft",
+    "import_peft": f"{_A}.peft",
+    "Breakdown": f"{_A}.breakdown",
+    "count_parameters": f"{_A}.breakdown",
+    "trainable_breakdown": f"{_A}.breakdown",
+    "head_cosine_matrix": f"{_A}.heads",
+    "head_similarity": f"{_A}.heads",
+    "router_statistics": f"{_A}.heads",
+    # multi-task models, tasks and training (its TensorBoard logs need tensorboard)
+    "MultiTaskNet": f"{_M}.models",
+    "build_model": f"{_M}.models",
+    "paper_breakdown": f"{_M}.models",
+    "Task": f"{_M}.tasks",
+    "delta_m": f"{_M}.tasks",
+    "primary_metrics": f"{_M}.tasks",
+    "relative_changes": f"{_M}.tasks",
+    "fit": f"{_M}.train",
+    "evaluate": f"{_M}.evaluation",
+    "resolve_device": f"{_M}.runtime",
+    "seed_everything": f"{_M}.runtime",
+    "Callback": f"{_M}.history",
+    "HeadSimilarityRecorder": f"{_M}.history",
+    "History": f"{_M}.history",
+    "TensorBoardLogger": f"{_M}.tensorboard",
+    "is_main_process": f"{_M}.distributed",
+}
+__all__ = list(_HOMES)
 
 try:
     __version__ = version("mtlora-lite")
 except PackageNotFoundError:  # a source tree on sys.path that was never installed (PYTHONPATH=.)
     __version__ = "0+source"
 
-__all__ = [  # noqa: RUF022 (grouped as the imports above)
-    # LoRA
-    "AdapterLayer",
-    "BlockLoRALinear",
-    "LoRALinear",
-    "adapter_layers",
-    "inject_adapters",
-    "inject_lora",
-    "inject_qkv_lora",
-    "linear_names",
-    "mark_only_adapters_trainable",
-    "merge_adapters",
-    "unmerge_adapters",
-    # multi-head LoRA / R-LoRA
-    "MultiHeadConfig",
-    "MultiHeadLoRALinear",
-    "inject_multihead_lora",
-    "inject_rank_matched_lora",
-    # MTLoRA
-    "MTLoRAConfig",
-    "MTLoRALinear",
-    "SwinTaskEncoder",
-    "inject_mtlora",
-    "mark_mtlora_trainable",
-    # files, counts, diagnostics
-    "Breakdown",
-    "count_parameters",
-    "export_peft",
-    "head_similarity",
-    "import_peft",
-    "load_adapters",
-    "router_statistics",
-    "save_adapters",
-    "trainable_breakdown",
-    # multi-task models, tasks, training
-    "Callback",
-    "HeadSimilarityRecorder",
-    "History",
-    "MultiTaskNet",
-    "Task",
-    "build_model",
-    "delta_m",
-    "evaluate",
-    "fit",
-    "paper_breakdown",
-    "primary_metrics",
-    "relative_changes",
-    "resolve_device",
-    "seed_everything",
-    "TensorBoardLogger",
-]
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use (PEP 562)."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

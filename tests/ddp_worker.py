@@ -1,7 +1,7 @@
 """A tiny MTLoRA training run that tests/test_distributed.py starts under torchrun (and in one
 process): the same model, data and seed in every mode, so the runs can be compared.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT [--fail]
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT [--fail | --uneven]
     python tests/ddp_worker.py OUT --single              # one process, batch 2 x BATCH
 
 Writes OUT/params.safetensors (the trained trainable parameters) and OUT/metrics.json (fit's last
@@ -79,11 +79,13 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--single", action="store_true", help="one process, the doubled batch")
     parser.add_argument("--fail", action="store_true", help="rank 1 raises during training")
+    parser.add_argument("--uneven", action="store_true", help="rank 1 has 2 examples fewer")
     args = parser.parse_args()
     torch.manual_seed(SEED)
     swin = build_course_swin(img_size=32, embed_dim=8, depths=(1, 1, 1, 1), window_size=2)
     model = build_model(swin, TASKS, "mtlora", shared_rank=2, task_rank=2, dropout=0.0)
-    train = Data(N_TRAIN, SEED)
+    uneven = args.uneven and os.environ.get("RANK") == "1"
+    train = Data(N_TRAIN - 2 if uneven else N_TRAIN, SEED)
     if args.single:  # the permutation a DistributedSampler draws, in one batch of both ranks' data
         sampler = DistributedSampler(train, num_replicas=1, rank=0, shuffle=True, seed=SEED)
         loader = DataLoader(train, batch_size=2 * BATCH, sampler=sampler)

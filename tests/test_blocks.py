@@ -66,13 +66,6 @@ def test_forward_equals_reference_built_from_wq_wk_wv(frozen: bool) -> None:
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_zero_init_equals_base() -> None:
-    base = qkv_layer()
-    layer = BlockLoRALinear(base, ("q", "v"), rank=R)
-    x = torch.randn(4, IN)
-    torch.testing.assert_close(layer(x), base(x))
-
-
 def test_k_block_is_the_base_one_with_dropout_in_training() -> None:
     base = qkv_layer()
     layer = BlockLoRALinear(base, ("q", "v"), rank=R, dropout=0.5).train()
@@ -132,19 +125,11 @@ def test_breakdown_counts_exactly() -> None:
     assert trainable_breakdown(model).rows["block_lora"] == (expected, expected)
 
 
-def test_save_load_round_trip_and_config_check(tmp_path: Path) -> None:
+def test_a_file_of_other_blocks_is_refused(tmp_path: Path) -> None:
+    """(the round trip of every adapter kind: test_adapter_contract.py)"""
     model = tiny_vit()
     inject_qkv_lora(model, ("q", "v"), rank=R, alpha=2.0)
-    mark_only_adapters_trainable(model, extra=["head"])
-    randomize_b(model)
     path = save_adapters(model, tmp_path / "qv.safetensors")
-    other = tiny_vit()  # same base weights, fresh adapters
-    inject_qkv_lora(other, ("q", "v"), rank=R, alpha=2.0)
-    mark_only_adapters_trainable(other, extra=["head"])  # frozen base: the same (fused) kernel
-    load_adapters(other, path)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(other.eval()(x), model.eval()(x))
     wrong = tiny_vit()
     inject_qkv_lora(wrong, ("q", "k"), rank=R, alpha=2.0)
     with pytest.raises(ValueError, match="configs differ"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtlora_lite.multitask.distributed import ShardSampler
+from mtlora_lite.multitask.distributed import ShardSampler, is_main_process, launch, rank_and_world
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = WORKER.parents[1]
@@ -66,7 +68,78 @@ def test_a_failing_rank_stops_the_whole_run(tmp_path: Path, run_python: Callable
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_ranks_with_different_data_fail_at_once(tmp_path: Path, run_python: Callable) -> None:
+    failed = run_python(_torchrun(str(WORKER), str(tmp_path), "--uneven"), timeout=90)
+    out = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "the ranks hold different data" in out
+    assert "'examples': 32" in out and "'examples': 30" in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("rank", "message"), [
+    ("0", r"rank\(s\) \[1\] of 2 did not arrive within 2 s"),
+    ("1", r"rank 1 could not reach the store at 127\.0\.0\.1:\d+ that rank 0 serves within 2 s"),
+])  # fmt: skip
+def test_a_peer_that_never_starts_is_named_after_the_start_timeout(
+    tmp_path: Path, run_python: Callable, monkeypatch: pytest.MonkeyPatch, rank: str, message: str
+) -> None:
+    env = {"RANK": rank, "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MTLORA_START_TIMEOUT_S": "2"}
+    for name, value in {
+        **env,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }.items():
+        monkeypatch.setenv(name, value)
+    alone = run_python([str(WORKER), str(tmp_path)], timeout=60)  # the other rank never starts
+    assert alone.returncode != 0
+    assert re.search(message, alone.stderr), alone.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"WORLD_SIZE": "abc"},
+            r"WORLD_SIZE='abc' is not an integer; start the script with torchrun",
+        ),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, r"RANK=2 but WORLD_SIZE=2: a rank must be in 0\.\.1"),
+        ({"RANK": "1"}, r"RANK=1 but WORLD_SIZE=1 \(WORLD_SIZE is not set\)"),
+        ({"WORLD_SIZE": "2", "MASTER_PORT": "29500"}, "WORLD_SIZE=2 but MASTER_ADDR not set"),
+        ({"WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "http"}, "MASTER_PORT='http'"),
+    ],
+)
+def test_the_launch_environment_is_checked(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        launch(torch.device("cpu"))
+    with pytest.raises(ValueError, match=message):
+        rank_and_world()
+
+
 def test_shard_sampler_covers_every_example_once() -> None:
     shards = [list(ShardSampler(13, r, 3)) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(13))
     assert [len(s) for s in shards] == [5, 4, 4]
+
+
+def test_is_main_process_is_rank_zero_or_a_single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_main_process()  # one process
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, main in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert is_main_process() is main

@@ -225,3 +225,20 @@ def test_the_cache_key_changes_with_the_code(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(experiments, "source_digest", lambda: "0" * 16)  # as after an edit
     again = _smoke_dense("decoders", tmp_path / "cache")
     assert not again.cached and again.primary == first.primary  # retrained: same seed, same run
+
+
+@pytest.mark.parametrize(
+    "name", ["../outside", "/tmp/anywhere", "sub/dir", "a\\b", "..", ".hidden", "a..b", 7]
+)
+def test_run_names_must_be_safe_file_names(tmp_path: Path, fake_fit: FakeFit, name: object) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="is not a safe file name"):
+        run_dense("decoders", "semseg", profile="smoke", cache_dir=cache, name=name)
+    with pytest.raises(ValueError, match="is not a safe file name"):
+        run_mixture("lora", profile="smoke", cache_dir=cache, name=name)
+    assert not fake_fit.calls and list(tmp_path.rglob("*.json")) == []
+
+
+def test_a_safe_run_name_is_listed(tmp_path: Path, fake_fit: FakeFit) -> None:
+    run_dense("decoders", "semseg", profile="smoke", cache_dir=tmp_path, name="dec_r0.5+x=1,@a")
+    assert [r.name for r in load_results(tmp_path)] == ["dec_r0.5+x=1,@a"]

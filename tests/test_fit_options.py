@@ -104,9 +104,9 @@ def test_fp16_skips_steps_with_inf_gradients_and_counts_them() -> None:
 
 @pytest.mark.usefixtures("cpu_autocast")
 def test_fp16_stops_when_every_step_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mtlora_lite.multitask import train as train_module
+    from mtlora_lite.multitask import step
 
-    monkeypatch.setattr(train_module, "MAX_SKIPPED_IN_A_ROW", 4)
+    monkeypatch.setattr(step, "MAX_SKIPPED_IN_A_ROW", 4)
     model = TwoHeads()
     with pytest.raises(FloatingPointError, match="skipped the last 4 steps") as info:
         fit(model, TASKS, loaders()[0], max_steps=20, precision="fp16", progress=False,

@@ -20,6 +20,10 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
 def load_script() -> ModuleType:
+    """benchmarks/gpu_check.py as a module; its own modules beside it import as they do when it
+    runs as a script (its folder first on sys.path)."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

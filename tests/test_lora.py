@@ -45,17 +45,11 @@ def randomize_b(model: nn.Module) -> None:
         nn.init.normal_(a.lora_B, std=0.5)
 
 
-def test_zero_init_equals_base() -> None:
-    torch.manual_seed(0)
+def test_wraps_the_base_by_composition() -> None:
     base = nn.Linear(16, 12)
-    x = torch.randn(2, 5, 16)
-    expected = base(x)
     lora = LoRALinear(base, rank=4, alpha=8, dropout=0.1)
     assert lora.base_layer is base  # composition: the very same module, not a copy
-    assert torch.equal(lora.lora_B, torch.zeros(12, 4))
-    assert lora.lora_A.abs().sum() > 0
-    lora.train()
-    torch.testing.assert_close(lora(x), expected, rtol=0, atol=0)
+    assert torch.equal(lora.lora_B, torch.zeros(12, 4)) and lora.lora_A.abs().sum() > 0
 
 
 def test_forward_formula_and_leading_dims() -> None:
@@ -98,24 +92,18 @@ def test_dropout_only_on_lora_branch(frozen: bool) -> None:
     torch.testing.assert_close(lora.eval()(x), ref_eval)  # no dropout in eval mode
 
 
-def test_merge_equals_unmerged_and_unmerge_restores() -> None:
-    torch.manual_seed(0)
+def test_merge_flags_and_errors() -> None:
+    """(merged equals unmerged for every adapter kind: test_adapter_contract.py)"""
     model = TinyNet()
-    w0 = model.block["qkv"].weight.detach().clone()
     inject_lora(model, ["qkv", "proj"], rank=3, alpha=6)
     randomize_b(model)
-    x = torch.randn(4, 8)
-    ref = model(x)
     assert merge_adapters(model) == 2
     assert all(a.merged for a in adapter_layers(model).values())
-    torch.testing.assert_close(model(x), ref, rtol=1e-6, atol=1e-6)
     model.eval()  # eval never merges or unmerges anything by itself
     assert all(a.merged for a in adapter_layers(model).values())
     with pytest.raises(RuntimeError, match="already merged"):
         merge_adapters(model)
     unmerge_adapters(model)
-    torch.testing.assert_close(model.block["qkv"].base_layer.weight, w0, rtol=0, atol=1e-6)
-    torch.testing.assert_close(model(x), ref, rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match="none of the 2 adapters is merged"):
         unmerge_adapters(model)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -61,16 +62,6 @@ def fix_masks(m: MultiHeadLoRALinear, seed: int = 2) -> list[Tensor]:
 
     m._dropout_mask = mask  # type: ignore[method-assign]
     return made
-
-
-def test_hydra_init_equals_base() -> None:
-    base = frozen_linear()
-    x = torch.randn(2, 5, 16)
-    m = MultiHeadLoRALinear(base, n_heads=3, rank=4, init="hydra", dropout=0.2)
-    assert m.base_layer is base and m.offset_A is None
-    assert torch.equal(m.lora_B, torch.zeros(12, 3, 4)) and m.router.abs().sum() > 0
-    for mode in (True, False):
-        torch.testing.assert_close(m.train(mode)(x), base(x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("router", [True, False])
@@ -155,7 +146,7 @@ def test_no_dropout_work_without_dropout() -> None:
     m = MultiHeadLoRALinear(frozen_linear(), n_heads=2, rank=2, dropout=0.0)
     masks = fix_masks(m)
     m.train()(torch.randn(3, 16))
-    m.dropout = 0.3
+    m.config = dataclasses.replace(m.config, dropout=0.3)
     m.eval()(torch.randn(3, 16))
     assert masks == []
 
@@ -191,21 +182,6 @@ def test_stacked_heads_are_a_free_view() -> None:
     assert stacked._base is m.lora_B  # a view, not a copy
 
 
-@pytest.mark.parametrize("init", ["hydra", "rlora", "rlora_centered"])
-def test_router_free_merge_equals_unmerged(init: str) -> None:
-    m = MultiHeadLoRALinear(frozen_linear(), n_heads=3, rank=4, alpha=8, init=init, router=False)
-    randomize(m)
-    with torch.no_grad():
-        m.lora_A.normal_()  # A moved away from A0, so the offset matters
-        x = torch.randn(5, 16)
-        ref = m(x)
-        w0 = m.base_layer.weight.clone()
-        m.merge()
-        torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
-        m.unmerge()
-        torch.testing.assert_close(m.base_layer.weight, w0, rtol=0, atol=1e-5)
-
-
 def test_router_merge_raises_clear_error() -> None:
     m = MultiHeadLoRALinear(frozen_linear(), n_heads=2, rank=2)
     with pytest.raises(RuntimeError, match="router=False"):
@@ -222,21 +198,12 @@ def make_model(seed: int) -> nn.Module:
     return model
 
 
-def test_save_load_round_trip_keeps_offset(tmp_path: Path) -> None:
-    trained = make_model(seed=1)
-    opt = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=0.5)
-    for _ in range(3):
-        trained(torch.randn(8, 8)).pow(2).sum().backward()
-        opt.step()
-        opt.zero_grad()
-    path = save_adapters(trained, tmp_path / "mh.safetensors")
+def test_a_reload_keeps_the_offset_and_refuses_another_init(tmp_path: Path) -> None:
+    """(the round trip of every adapter kind: test_adapter_contract.py)"""
+    path = save_adapters(make_model(seed=1), tmp_path / "mh.safetensors")
     fresh = make_model(seed=2)
-    assert not torch.equal(fresh[0].offset_A, trained[0].offset_A)
     load_adapters(fresh, path)
-    for name in ("lora_A", "lora_B", "router", "offset_A", "offset_B"):
-        assert torch.equal(getattr(fresh[0], name), getattr(trained[0], name)), name
-    x = torch.randn(6, 8)
-    assert torch.equal(fresh.eval()(x), trained.eval()(x))
+    assert torch.equal(fresh[0].offset_A, make_model(seed=1)[0].offset_A)
     hydra = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
     inject_multihead_lora(hydra, ["0", "2"], n_heads=3, rank=2, init="hydra")
     with pytest.raises(ValueError, match="configs differ"):

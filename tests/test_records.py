@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from mtlora_lite.adapters.atomic import check_writable
 from mtlora_lite.course.notebook import save_results
-from mtlora_lite.course.records import (
-    RunResult,
-    check_writable,
-    load_results,
-    read_record,
-    write_record,
-)
+from mtlora_lite.course.records import RunResult, load_results, read_record, write_record
 
 
 def make_run(name: str = "run") -> RunResult:

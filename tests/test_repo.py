@@ -61,3 +61,15 @@ def test_notebook_is_clean_and_parameterised(path: Path) -> None:
     header = "".join(nb["cells"][0]["source"])
     assert nb["cells"][0]["cell_type"] == "markdown" and header.startswith("# ")
     assert "colab.research.google.com" in header, "header needs a Colab badge"
+
+
+def test_data_folder_documents_every_source_and_keeps_datasets_out_of_git() -> None:
+    readme = (ROOT / "data" / "README.md").read_text()
+    for source in ("Procedural scenes", "course checkpoint", "PASCAL-Context", "Licence"):
+        assert source in readme, source
+    assert (
+        "DATA ?= $(if $(filter fixture,$(RECIPE)),,data/PASCAL_MT)"
+        in (ROOT / "Makefile").read_text()
+    )
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "/data/*" in ignored and "!/data/README.md" in ignored

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mtlora_lite.course.data import make_loaders, make_mixture_loaders
 from mtlora_lite.course.scene_tasks import TASK_NAMES, build_tasks
 from mtlora_lite.course.scenes import PRETRAIN
-from mtlora_lite.multitask.tasks import (
+from mtlora_lite.multitask.losses import (
+    balanced_binary_loss,
+    binary_loss,
+    depth_loss,
+    normals_loss,
+)
+from mtlora_lite.multitask.metrics import (
     AccuracyMetric,
     ConfusionMetric,
+    DepthMetric,
     NormalsMetric,
-    delta_m,
-    primary_metrics,
+    ThresholdMetric,
 )
+from mtlora_lite.multitask.tasks import Task, delta_m, primary_metrics
 
 CHANNELS = {
     "semseg": 5,
@@ -218,3 +227,77 @@ def test_every_task_on_real_batches() -> None:
             results[name] = metric.compute()
     primary = primary_metrics(results, tasks)
     assert set(primary) == set(TASK_NAMES) and all(math.isfinite(v) for v in primary.values())
+
+
+@pytest.mark.parametrize(
+    "make, kind, channels, primary, higher, loss, metric",
+    [
+        (lambda: Task.classification("c", 7), "classification", 7, "acc", True, F.cross_entropy,
+         AccuracyMetric),
+        (lambda: Task.segmentation("s", 5), "segmentation", 5, "mIoU", True, F.cross_entropy,
+         ConfusionMetric),
+        (lambda: Task.saliency(), "saliency", 1, "maxF", True, binary_loss, ThresholdMetric),
+        (lambda: Task.edges(), "edges", 1, "odsF", True, balanced_binary_loss, ThresholdMetric),
+        (lambda: Task.normals(), "normals", 3, "mean_angle", False, normals_loss, NormalsMetric),
+        (lambda: Task.depth(), "depth", 1, "rmse", False, depth_loss, DepthMetric),
+    ],
+)  # fmt: skip
+def test_a_constructor_per_kind(
+    make: Callable[[], Task],
+    kind: str,
+    channels: int,
+    primary: str,
+    higher: bool,
+    loss: Callable,
+    metric: type,
+) -> None:
+    task = make()
+    assert (task.kind, task.out_channels, task.primary, task.higher_is_better) == (
+        kind,
+        channels,
+        primary,
+        higher,
+    )
+    assert task.loss_fn is loss and isinstance(task.new_metric(), metric)
+    assert task.dense == (kind != "classification")
+    if kind == "segmentation":
+        assert task.new_metric().matrix.shape == (5, 5)  # one row per class
+
+
+def test_constructors_take_any_field_as_an_override() -> None:
+    own = Task.saliency("sal", primary="IoU", loss_fn=balanced_binary_loss)
+    assert (own.name, own.primary, own.loss_fn) == ("sal", "IoU", balanced_binary_loss)
+    by_hand = Task(
+        name="count",
+        kind="classification",
+        out_channels=4,
+        dense=False,
+        primary="acc",
+        higher_is_better=True,
+        loss_fn=F.cross_entropy,
+        metric_factory=AccuracyMetric,
+    )
+    assert Task.classification("count", 4) == by_hand  # the constructor is the long form
+
+
+class NoMerge:
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None: ...
+
+    def compute(self) -> dict[str, float]:
+        return {}
+
+
+def test_a_metric_without_merge_is_refused_when_the_task_is_built() -> None:
+    with pytest.raises(TypeError, match=r"task 'c': its metric NoMerge has no \['merge'\]"):
+        Task.classification("c", 3, metric_factory=NoMerge)
+    with pytest.raises(ValueError, match="out_channels must be a positive integer"):
+        Task.classification("c", 0)
+    with pytest.raises(ValueError, match=r"without '\.'"):
+        Task.segmentation("a.b", 3)
+
+
+def test_delta_m_takes_the_tasks_for_their_directions() -> None:
+    tasks = {"seg": Task.segmentation("seg", 3), "normals": Task.normals()}
+    multi, single = {"seg": 55.0, "normals": 18.0}, {"seg": 50.0, "normals": 20.0}
+    by_hand = delta_m(multi, single, {"seg": True, "normals": False})
+    assert delta_m(multi, single, tasks) == by_hand == pytest.approx((10.0 + 10.0) / 2)

@@ -189,7 +189,7 @@ def test_callbacks_are_called() -> None:
         def __init__(self) -> None:
             self.events: list[tuple] = []
 
-        def on_fit_start(self, model: nn.Module) -> None:
+        def on_fit_start(self, model: nn.Module, start_step: int = 0) -> None:
             self.events.append(("start",))
 
         def on_step_end(self, step: int, model: nn.Module, logs: dict) -> None:
@@ -266,7 +266,7 @@ def test_fit_checks_its_numbers(option: str, value: float, message: str) -> None
     train, _ = loaders()
     with pytest.raises(ValueError, match=message):
         fit(TwoHeads(), TASKS, train, max_steps=1, progress=False, **{option: value})
-    with pytest.raises(ValueError, match="non-empty mapping"):
+    with pytest.raises(ValueError, match="tasks is empty: pass one task"):
         fit(TwoHeads(), {}, train, max_steps=1, progress=False)
 
 

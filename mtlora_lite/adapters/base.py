@@ -8,17 +8,41 @@ update that ``merge`` folds into the base weight.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+C = TypeVar("C")
+
+
+def make_config(cls: type[C], config: C | None = None, **options: Any) -> C:
+    """``config`` (default ``cls()``) with ``options`` replacing its fields, checked by ``cls``.
+
+    Every adapter takes its frozen config dataclass and / or the config's fields as keywords:
+    ``LoRALinear(linear, rank=8)`` is ``LoRALinear(linear, LoRAConfig(rank=8))``.
+    """
+    if config is not None and not isinstance(config, cls):
+        raise TypeError(
+            f"config must be a {cls.__name__}, got {config!r}; pass the options by keyword "
+            f"(e.g. rank=8) or as {cls.__name__}(...)"
+        )
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no options {unknown}; its fields are {sorted(fields)}")
+    return dataclasses.replace(config or cls(), **options)  # type: ignore[type-var]
 
 
 class AdapterLayer(nn.Module):
     """Base class of every adapter: wraps a frozen ``nn.Linear`` as ``self.base_layer``.
 
     Parameters registered on the adapter itself (not under ``base_layer``) are adapter parameters.
-    Subclasses implement ``forward``, ``delta_weight`` (for merging) and ``adapter_config``.
+    Subclasses keep their hyper-parameters in ``self.config`` (a frozen dataclass) and implement
+    ``forward`` (the base layer alone while ``merged`` or ``disabled``), ``delta_weight`` (for
+    merging) and ``adapter_config``.
     """
 
     adapter_group = "adapter"  # row name in trainable_breakdown
@@ -28,7 +52,8 @@ class AdapterLayer(nn.Module):
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"adapters wrap nn.Linear layers, got {type(base_layer).__name__}")
         self.base_layer = base_layer
-        self.merged = False
+        self.merged = False  # the update is in base_layer.weight (merge / unmerge)
+        self.disabled = False  # forward is the base layer's (``disable_adapters``)
 
     @property
     def in_features(self) -> int:
@@ -64,8 +89,11 @@ class AdapterLayer(nn.Module):
         were), so that a merged adapter is never trained by mistake."""
         if self.merged:
             raise RuntimeError("adapter is already merged; call unmerge() first")
+        delta = self.delta_weight()
+        if not torch.isfinite(delta).all():
+            raise ValueError("the update holds NaN or inf; merging it would destroy the weight")
         w = self.base_layer.weight
-        w += self.delta_weight().to(w.dtype)
+        w += delta.to(w.dtype)
         self._trainable = {n: p.requires_grad for n, p in self.adapter_parameters()}
         for _, p in self.adapter_parameters():
             p.requires_grad_(False)

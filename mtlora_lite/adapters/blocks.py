@@ -16,16 +16,15 @@ stacked [W_q; W_v]. ``inject_qkv_lora`` puts it on every ``attn.qkv``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mtlora_lite.adapters.base import AdapterLayer
-from mtlora_lite.adapters.checks import check_count, check_dropout
+from mtlora_lite.adapters.base import make_config
 from mtlora_lite.adapters.functional import lora_linear
-from mtlora_lite.adapters.lora import lora_scaling
+from mtlora_lite.adapters.lora import LoRAConfig, LoRALinear
 from mtlora_lite.adapters.targets import Targets, inject_adapters, name_matches
 
 QKV = ("q", "k", "v")  # timm's order of the blocks in attn.qkv
@@ -43,13 +42,14 @@ def _check_blocks(blocks: Sequence[str], block_names: Sequence[str]) -> tuple[st
     return tuple(b for b in block_names if b in blocks)
 
 
-class BlockLoRALinear(AdapterLayer):
+class BlockLoRALinear(LoRALinear):
     """LoRA on the chosen output blocks of a fused Linear: (..., in) -> (..., out).
 
     Args:
         base_layer: the frozen fused layer, out = len(block_names) * d (kept as is).
         blocks: the names of the blocks to adapt, e.g. ``("q", "v")``.
-        rank, alpha, dropout, rslora: as in ``LoRALinear`` (s = alpha / r, or alpha / sqrt(r)).
+        config, options: a ``LoRAConfig`` and / or its fields (rank, alpha, dropout, rslora), as
+            for ``LoRALinear``.
         block_names: the blocks of the output, in order; timm's ``("q", "k", "v")`` by default.
 
     ``lora_A`` (r, in) starts kaiming-uniform; ``lora_B`` (len(blocks) * d, r) starts at zero and
@@ -62,33 +62,24 @@ class BlockLoRALinear(AdapterLayer):
     def __init__(
         self,
         base_layer: nn.Linear,
-        blocks: Sequence[str],
-        rank: int,
-        alpha: float | None = None,
-        dropout: float = 0.0,
-        rslora: bool = False,
+        blocks: Sequence[str] = ("q", "v"),
+        config: LoRAConfig | None = None,
+        *,
         block_names: Sequence[str] = QKV,
+        **options: Any,
     ) -> None:
-        super().__init__(base_layer)
-        rank, dropout = check_count(rank, "rank"), check_dropout(dropout)
-        self.block_names = tuple(block_names)
-        self.blocks = _check_blocks(blocks, self.block_names)
-        if self.out_features % len(self.block_names):
+        cfg = make_config(LoRAConfig, config, **options)  # checked before the blocks
+        chosen = _check_blocks(blocks, tuple(block_names))
+        if base_layer.out_features % len(block_names):
             raise ValueError(
-                f"out_features {self.out_features} does not split into {len(self.block_names)} "
-                f"equal blocks {self.block_names}; is this a fused qkv layer?"
+                f"out_features {base_layer.out_features} does not split into {len(block_names)} "
+                f"equal blocks {tuple(block_names)}; is this a fused qkv layer?"
             )
+        super().__init__(base_layer, cfg)
+        self.block_names, self.blocks = tuple(block_names), chosen
         self.block_size = self.out_features // len(self.block_names)  # d
-        self.rank, self.dropout, self.rslora = rank, dropout, rslora
-        self.scaling = lora_scaling(rank, alpha, rslora)  # checks alpha
-        self.alpha = float(rank if alpha is None else alpha)
-        w = base_layer.weight
-        self.lora_A = nn.Parameter(
-            torch.empty(rank, self.in_features, device=w.device, dtype=w.dtype)
-        )
-        n_rows = len(self.blocks) * self.block_size
-        self.lora_B = nn.Parameter(torch.zeros(n_rows, rank, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        n_rows = len(self.blocks) * self.block_size  # only the chosen blocks' rows of B
+        self.lora_B = nn.Parameter(self.lora_B.new_zeros(n_rows, cfg.rank))
 
     def full_B(self) -> Tensor:
         """(out, r): the rows of ``lora_B`` in the chosen blocks, zeros in the others.
@@ -101,7 +92,7 @@ class BlockLoRALinear(AdapterLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in) -> (..., out)."""
-        if self.merged:
+        if self.merged or self.disabled:
             return self.base_layer(x)
         p = self.dropout if self.training else 0.0
         return lora_linear(self.base_layer, x, self.lora_A, self.full_B(), self.scaling, p)
@@ -111,42 +102,29 @@ class BlockLoRALinear(AdapterLayer):
         return self.scaling * (self.full_B() @ self.lora_A)
 
     def adapter_config(self) -> dict[str, object]:
-        return {
-            "type": "BlockLoRALinear",
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "rslora": self.rslora,
-            "blocks": list(self.blocks),
-            "block_names": list(self.block_names),
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-        }
+        blocks = {"blocks": list(self.blocks), "block_names": list(self.block_names)}
+        return {**super().adapter_config(), **blocks}
 
     def extra_repr(self) -> str:
-        return (
-            f"blocks={self.blocks} of {self.block_names}, rank={self.rank}, "
-            f"scaling={self.scaling:g}, dropout={self.dropout:g}, merged={self.merged}"
-        )
+        return f"blocks={self.blocks} of {self.block_names}, {super().extra_repr()}"
 
 
 def inject_qkv_lora(
     model: nn.Module,
     blocks: Sequence[str] = ("q", "v"),
+    config: LoRAConfig | None = None,
     *,
-    rank: int,
-    alpha: float | None = None,
-    dropout: float = 0.0,
-    rslora: bool = False,
     targets: Targets = "attn.qkv",
+    **options: Any,
 ) -> list[str]:
     """Wrap every fused qkv Linear matching ``targets`` in a ``BlockLoRALinear`` on ``blocks``.
 
     Example: ``inject_qkv_lora(vit, ("q", "v"), rank=8)`` adapts W_q and W_v of every block, as in
-    the LoRA paper. Returns the adapted module paths. Everything is checked before any layer is
-    replaced, so a bad argument never leaves a half-injected model.
+    the LoRA paper (a ``LoRAConfig`` and / or its fields). Returns the adapted module paths.
+    Everything is checked before any layer is replaced, so a bad argument never leaves a
+    half-injected model.
     """
-    check_count(rank, "rank")
-    check_dropout(dropout)
+    cfg = make_config(LoRAConfig, config, **options)
     _check_blocks(blocks, QKV)
     for name, module in model.named_modules():
         if name and name_matches(name, targets) and isinstance(module, nn.Linear):
@@ -155,8 +133,4 @@ def inject_qkv_lora(
                     f"{name!r} has {module.out_features} outputs, not 3 equal q / k / v blocks; "
                     "target only fused qkv layers (e.g. 'attn.qkv')"
                 )
-    return inject_adapters(
-        model,
-        targets,
-        lambda lin: BlockLoRALinear(lin, blocks, rank, alpha=alpha, dropout=dropout, rslora=rslora),
-    )
+    return inject_adapters(model, targets, lambda lin: BlockLoRALinear(lin, blocks, cfg))

@@ -26,64 +26,57 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.checks import check_count, check_dropout, check_positive
-from mtlora_lite.adapters.functional import lora_dropout
-from mtlora_lite.adapters.lora import LoRALinear, lora_scaling
+from mtlora_lite.adapters.functional import lora_dropout, lora_linear
+from mtlora_lite.adapters.lora import lora_scaling
 
 TaskOutput = Literal["official", "with_shared"]
 RankSpec = int | Sequence[int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class MTLoRAConfig:
-    """MTLoRA hyper-parameters; the defaults are the official ones (configs/mtlora/tiny_448).
+    """MTLoRA's hyper-parameters; the defaults are the official ones (configs/mtlora/tiny_448).
 
-    Drop path is not an adapter option: it is the timm backbone's ``drop_path_rate`` (0.2 in the
-    official config; ``mtlora_lite.paper.recipes`` sets it when building Swin-T).
-
-    shared_rank: TA-LoRA rank, one int or one per stage.
-    task_rank: TS-LoRA rank: an int, one per stage, or ``{task: int or per-stage list}`` naming
-        every task.
-    scale: the official fixed multiplier s, the same at every rank (4.0); finite and > 0.
-    alpha: if set (finite and > 0), use the standard rule s = alpha / r for each branch instead
-        of ``scale`` (``scaling``).
-    dropout: dropout in [0, 1) on the low-rank inputs (0.05).
-    task_output: "official" (task outputs omit the shared update) or "with_shared" (they add it).
-    task_stages: stages whose last block gets TS-LoRA, a list or tuple such as (3,); None =
-        every stage, () = none (plain shared LoRA).
-    train_patch_embed / train_norms / train_position_bias: keep the patch embedding, all
-        LayerNorms (not timm's unused final norm) and relative-position bias tables trainable.
-    merge_reduction: the patch-merging reductions are "trainable" (official), "frozen", or get
-        a shared "lora" (MTLoRA+, rank of the stage they close, as the official code).
+    Checked when built: integers of any type (e.g. ``np.int64``) become ``int``, rank and stage
+    lists tuples. Drop path is not an adapter option: it is the timm backbone's
+    ``drop_path_rate`` (0.2 in the official config).
     """
 
-    shared_rank: RankSpec = 16
+    shared_rank: RankSpec = 16  # TA-LoRA's rank: one int, or one per stage
+    # TS-LoRA's rank: an int, one per stage, or {task: int or per-stage list} naming every task
     task_rank: RankSpec | Mapping[str, RankSpec] = 4
-    scale: float = 4.0
-    alpha: float | None = None
-    dropout: float = 0.05
+    scale: float = 4.0  # the official fixed multiplier s, the same at every rank; finite, > 0
+    alpha: float | None = None  # if set, s = alpha / r for each branch instead of ``scale``
+    dropout: float = 0.05  # probability in [0, 1) of dropping an entry of the low-rank inputs
+    # "official": the task outputs omit the shared update; "with_shared": they add it
     task_output: TaskOutput = "official"
+    # stages whose last block gets TS-LoRA; None: every stage, (): none (plain shared LoRA)
     task_stages: Sequence[int] | None = None
-    train_patch_embed: bool = True
-    train_norms: bool = True
-    train_position_bias: bool = True
+    train_patch_embed: bool = True  # the patch embedding trains
+    train_norms: bool = True  # every LayerNorm trains (not timm's final norm, unused by decoders)
+    train_position_bias: bool = True  # the relative-position bias tables train
+    # the patch-merging reductions: "trainable" (official), "frozen", or a shared "lora"
+    # (MTLoRA+, of the rank of the stage they close, as in the official code)
     merge_reduction: Literal["trainable", "frozen", "lora"] = "trainable"
 
     def __post_init__(self) -> None:
-        """Check every field; integers of any type (e.g. ``np.int64``) become ``int``, rank and
-        stage lists tuples."""
-        self.shared_rank = _ranks(self.shared_rank, "shared_rank")
         if isinstance(self.task_rank, Mapping):
-            self.task_rank = {t: _ranks(r, f"task_rank[{t!r}]") for t, r in self.task_rank.items()}
+            task_rank = {t: _ranks(r, f"task_rank[{t!r}]") for t, r in self.task_rank.items()}
         else:
-            self.task_rank = _ranks(self.task_rank, "task_rank")
-        self.scale = check_positive(self.scale, "scale", "the official MTLoRA scale is 4.0")
-        if self.alpha is not None:
-            fix = "pass alpha=None to use the fixed scale, or e.g. alpha = 2 * rank"
-            self.alpha = check_positive(self.alpha, "alpha", fix)
-        self.dropout = check_dropout(self.dropout)
-        if self.task_stages is not None:
-            self.task_stages = _stages(self.task_stages)
+            task_rank = _ranks(self.task_rank, "task_rank")
+        alpha_fix = "pass alpha=None to use the fixed scale, or e.g. alpha = 2 * rank"
+        checked = {
+            "shared_rank": _ranks(self.shared_rank, "shared_rank"),
+            "task_rank": task_rank,
+            "scale": check_positive(self.scale, "scale", "the official MTLoRA scale is 4.0"),
+            "alpha": None if self.alpha is None else check_positive(self.alpha, "alpha", alpha_fix),
+            "dropout": check_dropout(self.dropout),
+            "task_stages": None if self.task_stages is None else _stages(self.task_stages),
+        }
+        for name, value in checked.items():  # frozen, so via object
+            object.__setattr__(self, name, value)
         choices = {
             "task_output": ("official", "with_shared"),
             "merge_reduction": ("trainable", "frozen", "lora"),
@@ -147,11 +140,12 @@ class TaskLoRA(nn.Module):
         return self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
 
 
-class MTLoRALinear(LoRALinear):
+class MTLoRALinear(AdapterLayer):
     """TA-LoRA on a frozen linear layer, plus optional TS-LoRA branches (one per task).
 
-    ``rank`` is the shared rank, ``task_ranks`` the rank of each task's branch; scale, dropout
-    and task_output come from ``config`` (its other fields do not concern one layer).
+    ``rank`` is the shared rank, ``task_ranks`` the rank of each task's branch; the scale (fixed,
+    or alpha / r), dropout and task_output come from ``config`` (its other fields do not concern
+    one layer). ``scaling`` is the shared branch's s, each branch's own in ``tasks[t].scaling``.
 
     ``forward(x)`` is the shared output ``W x + b + s B_s A_s x`` (a plain LoRA layer);
     ``forward_streams(x, x_tasks)`` gives the shared and every task's output (module docstring).
@@ -167,15 +161,31 @@ class MTLoRALinear(LoRALinear):
         task_ranks: Mapping[str, int] | None = None,
         config: MTLoRAConfig | None = None,
     ) -> None:
-        cfg = config or MTLoRAConfig()
-        # LoRALinear's rule is s = alpha / r: give it the alpha that yields MTLoRA's s
-        super().__init__(base_layer, rank, alpha=cfg.scaling(rank) * rank, dropout=cfg.dropout)
-        self.task_output = cfg.task_output
-        dims, w = (self.in_features, self.out_features), base_layer.weight
+        super().__init__(base_layer)
+        self.config = cfg = config or MTLoRAConfig()
+        self.rank = check_count(rank, "rank")
+        self.scaling = cfg.scaling(self.rank)  # the real scale: fixed, or alpha / r
+        w = base_layer.weight
+        self.lora_A = nn.Parameter(w.new_empty(self.rank, self.in_features))  # (r, in)
+        self.lora_B = nn.Parameter(w.new_zeros(self.out_features, self.rank))  # (out, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        dims = (self.in_features, self.out_features)
         self.tasks = nn.ModuleDict(  # TS-LoRA, same scale rule as the shared branch
             {t: TaskLoRA(*dims, r, cfg.scaling(r), w) for t, r in (task_ranks or {}).items()}
         )
         self._streams_in_batch = False  # see ``streams_in_batch``
+
+    @property
+    def dropout(self) -> float:
+        return self.config.dropout
+
+    @property
+    def task_output(self) -> TaskOutput:
+        return self.config.task_output
+
+    def delta_weight(self) -> Tensor:
+        """The shared update s * B_s A_s: (out, in)."""
+        return self.scaling * (self.lora_B @ self.lora_A)
 
     @contextlib.contextmanager
     def streams_in_batch(self) -> Iterator[None]:
@@ -193,7 +203,10 @@ class MTLoRALinear(LoRALinear):
         if self._streams_in_batch:  # shared output first, then each task's, stacked on dim 0
             shared, tasks = self.forward_streams(x)
             return torch.cat([shared.unsqueeze(0), tasks]).flatten(0, 1)
-        return super().forward(x)
+        if self.merged or self.disabled:
+            return self.base_layer(x)
+        p = self.dropout if self.training else 0.0
+        return lora_linear(self.base_layer, x, self.lora_A, self.lora_B, self.scaling, p)
 
     def forward_streams(self, x: Tensor, x_tasks: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Shared output (..., out) and task outputs (T, ..., out) of a TS layer.
@@ -202,6 +215,8 @@ class MTLoRALinear(LoRALinear):
         (proj after the shared attention). As in the official code, dropout applies to x only.
         """
         base = F.linear(x, self.base_layer.weight, self.base_layer.bias)  # the one dense matmul
+        if self.disabled:  # the base function: W acts on the shared input in every stream
+            return base, base.unsqueeze(0).expand(len(self.tasks), *base.shape).contiguous()
         x = lora_dropout(x, self.dropout if self.training else 0.0)
         if self.merged and self.task_output == "with_shared":
             shared = task_base = base  # W already holds the shared update
@@ -240,19 +255,27 @@ class MTLoRALinear(LoRALinear):
         return out.view(t, *base.shape)
 
     def adapter_config(self) -> dict[str, object]:
-        ranks = {t: b.rank for t, b in self.tasks.items()}
-        scalings = {t: b.scaling for t, b in self.tasks.items()}
+        cfg = self.config
         return {
-            **super().adapter_config(),
             "type": type(self).__name__,
-            "task_ranks": ranks,
-            "task_scalings": scalings,
-            "task_output": self.task_output,
+            "rank": self.rank,
+            "task_ranks": {t: b.rank for t, b in self.tasks.items()},
+            "scale": cfg.scale,
+            "alpha": cfg.alpha,
+            "dropout": cfg.dropout,
+            "task_output": cfg.task_output,
+            "scaling": self.scaling,  # what scale and alpha give: the real s of each branch
+            "task_scalings": {t: b.scaling for t, b in self.tasks.items()},
+            "in_features": self.in_features,
+            "out_features": self.out_features,
         }
 
     def extra_repr(self) -> str:
         tasks = {t: b.rank for t, b in self.tasks.items()}
-        return f"{super().extra_repr()}, tasks={tasks}, task_output={self.task_output}"
+        return (
+            f"rank={self.rank}, scaling={self.scaling:g}, dropout={self.dropout:g}, "
+            f"merged={self.merged}, tasks={tasks}, task_output={self.task_output}"
+        )
 
 
 class MergeLoRALinear(MTLoRALinear):

@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora_lite.adapters.base import AdapterLayer
+from mtlora_lite.adapters.base import AdapterLayer, make_config
 from mtlora_lite.adapters.checks import check_count, check_dropout, check_positive
 from mtlora_lite.adapters.functional import dropout_mask, fused_multihead_linear, softmax_fp32
-from mtlora_lite.adapters.lora import ALPHA_FIX, LoRALinear, lora_scaling
+from mtlora_lite.adapters.lora import ALPHA_FIX, LoRAConfig, LoRALinear, lora_scaling
 from mtlora_lite.adapters.targets import Targets, inject_adapters
 
 INITS = ("hydra", "rlora", "rlora_centered")
@@ -52,28 +52,18 @@ DROPOUT_MODES = ("per_head_ax", "shared", "per_head_x")
 
 @dataclass(frozen=True)
 class MultiHeadConfig:
-    """Multi-head LoRA hyper-parameters, checked once here (integers of any type become ``int``).
+    """Multi-head LoRA's hyper-parameters, checked when built (integers of any type become
+    ``int``). The options are explained in the module docstring."""
 
-    n_heads: n >= 1 heads B_i. rank: r > 0, the rank of the shared A (and of each head).
-    alpha: scale numerator, finite and > 0; ``s = alpha / r`` (``alpha / sqrt(r)`` with
-        ``rslora``); default r.
-    dropout: dropout probability p in [0, 1), applied as ``dropout_mode`` says: "per_head_ax"
-        (R-LoRA, default), "shared" or "per_head_x" (module docstring).
-    init: "rlora" (default), "rlora_centered" or "hydra".
-    router: with a softmax router (default); ``False`` sums the heads (then ``merge`` works).
-    rslora: use the rank-stabilised scale ``alpha / sqrt(r)``.
-    gamma: R-LoRA's init constant, c = out^(1/4) / sqrt(gamma).
-    """
-
-    n_heads: int = 4
-    rank: int = 4
-    alpha: float | None = None
-    dropout: float = 0.0
-    dropout_mode: Literal["per_head_ax", "shared", "per_head_x"] = "per_head_ax"
-    init: Literal["hydra", "rlora", "rlora_centered"] = "rlora"
-    router: bool = True
-    rslora: bool = False
-    gamma: float = 64.0
+    n_heads: int = 4  # n >= 1 heads B_i
+    rank: int = 4  # r > 0, the rank of the shared A (and of each head)
+    alpha: float | None = None  # scale numerator, finite and > 0: s = alpha / r; None: alpha = r
+    dropout: float = 0.0  # probability in [0, 1) of dropping an entry, where dropout_mode says
+    dropout_mode: Literal["per_head_ax", "shared", "per_head_x"] = "per_head_ax"  # R-LoRA's
+    init: Literal["hydra", "rlora", "rlora_centered"] = "rlora"  # how A and the heads start
+    router: bool = True  # a softmax router; False sums the heads (and then the layer can merge)
+    rslora: bool = False  # the rank-stabilised scale s = alpha / sqrt(r)
+    gamma: float = 64.0  # R-LoRA's init constant: c = out^(1/4) / sqrt(gamma)
 
     def __post_init__(self) -> None:
         checked = {
@@ -100,15 +90,10 @@ class MultiHeadConfig:
         return lora_scaling(self.rank, self.alpha, self.rslora)
 
 
-def multihead_config(config: MultiHeadConfig | None = None, **options: Any) -> MultiHeadConfig:
-    """``config`` (default ``MultiHeadConfig()``) with ``options`` replacing its fields."""
-    return dataclasses.replace(config or MultiHeadConfig(), **options)
-
-
 class MultiHeadLoRALinear(AdapterLayer):
     """Multi-head LoRA around a frozen ``nn.Linear``: inputs (..., in) -> outputs (..., out).
 
-    Built from a ``MultiHeadConfig`` and/or its fields as keywords, e.g.
+    Built from a ``MultiHeadConfig`` and / or its fields as keywords, e.g.
     ``MultiHeadLoRALinear(linear, n_heads=4, rank=8, init="hydra")``.
     """
 
@@ -118,13 +103,8 @@ class MultiHeadLoRALinear(AdapterLayer):
         self, base_layer: nn.Linear, config: MultiHeadConfig | None = None, **options: Any
     ) -> None:
         super().__init__(base_layer)
-        cfg = self.config = multihead_config(config, **options)
-        self.n_heads, self.rank, self.init, self.has_router = (
-            cfg.n_heads, cfg.rank, cfg.init, cfg.router
-        )  # fmt: skip
-        self.alpha = float(cfg.rank if cfg.alpha is None else cfg.alpha)
-        self.rslora, self.scaling = cfg.rslora, cfg.scaling
-        self.dropout, self.dropout_mode = cfg.dropout, cfg.dropout_mode
+        self.config = cfg = make_config(MultiHeadConfig, config, **options)
+        self.scaling = cfg.scaling
         w = base_layer.weight
         kw = {"device": w.device, "dtype": w.dtype}
         d_in, d_out, n_heads, rank = self.in_features, self.out_features, cfg.n_heads, cfg.rank
@@ -140,6 +120,18 @@ class MultiHeadLoRALinear(AdapterLayer):
         else:
             self._init_random_heads(cfg.gamma)
 
+    @property
+    def n_heads(self) -> int:
+        return self.config.n_heads
+
+    @property
+    def rank(self) -> int:
+        return self.config.rank
+
+    @property
+    def dropout(self) -> float:
+        return self.config.dropout
+
     @torch.no_grad()
     def _init_random_heads(self, gamma: float) -> None:
         """R-LoRA init; then cancel the initial update by an offset or by centring the heads."""
@@ -147,11 +139,11 @@ class MultiHeadLoRALinear(AdapterLayer):
         c = d_out**0.25 / math.sqrt(gamma)
         self.lora_A.normal_(0.0, c / math.sqrt(d_in))
         self.lora_B.normal_(0.0, c / math.sqrt(d_out))
-        if self.init == "rlora_centered":
+        if self.config.init == "rlora_centered":
             self.lora_B -= self.lora_B.mean(1, keepdim=True)
         else:  # initial update s * B0 A0 with B0 = sum_i w_i B_i, w_i = 1/n (router) or 1
             self.offset_A = self.lora_A.detach().clone()  # (r, in)
-            self.offset_B = self.lora_B.mean(1) if self.has_router else self.lora_B.sum(1)
+            self.offset_B = self.lora_B.mean(1) if self.config.router else self.lora_B.sum(1)
 
     def _dropout_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """Keep-mask scaled by 1 / (1 - p), of ``shape``; tests replace it to fix the masks."""
@@ -166,12 +158,12 @@ class MultiHeadLoRALinear(AdapterLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in) -> (..., out)."""
-        if self.merged:
+        if self.merged or self.disabled:
             return self.base_layer(x)
         w, b = self.base_layer.weight, self.base_layer.bias
         base_frozen = not w.requires_grad and (b is None or not b.requires_grad)
         drop = self.training and self.dropout > 0.0
-        if base_frozen and (not drop or self.dropout_mode == "per_head_ax"):
+        if base_frozen and (not drop or self.config.dropout_mode == "per_head_ax"):
             n_tokens = x.numel() // x.shape[-1]
             mask = self._dropout_mask((n_tokens, self.n_heads, self.rank), x) if drop else None
             return fused_multihead_linear(
@@ -183,9 +175,10 @@ class MultiHeadLoRALinear(AdapterLayer):
     def _forward_unfused(self, x: Tensor, drop: bool) -> Tensor:
         """Plain autograd, any dropout mode; used when the base layer is trainable."""
         lead = x.shape[:-1]
-        if drop and self.dropout_mode == "shared":
+        mode = self.config.dropout_mode
+        if drop and mode == "shared":
             heads = F.linear(x * self._dropout_mask(x.shape, x), self.lora_A).unsqueeze(-2)
-        elif drop and self.dropout_mode == "per_head_x":
+        elif drop and mode == "per_head_x":
             mask = self._dropout_mask((*lead, self.n_heads, x.shape[-1]), x)
             heads = F.linear(x.unsqueeze(-2) * mask, self.lora_A)  # (..., n, r)
         else:
@@ -218,23 +211,23 @@ class MultiHeadLoRALinear(AdapterLayer):
         return self.scaling * delta
 
     def adapter_config(self) -> dict[str, object]:
+        cfg = self.config
+        alpha = float(cfg.rank) if cfg.alpha is None else cfg.alpha  # resolved, as for LoRA
         return {
-            "type": "MultiHeadLoRALinear",
-            "n_heads": self.n_heads,
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "rslora": self.rslora,
-            "init": self.init,
-            "router": self.has_router,
+            "type": type(self).__name__,
+            **dataclasses.asdict(cfg),
+            "alpha": alpha,
+            "scaling": self.scaling,
             "in_features": self.in_features,
             "out_features": self.out_features,
         }
 
     def extra_repr(self) -> str:
+        cfg = self.config
         return (
-            f"n_heads={self.n_heads}, rank={self.rank}, init={self.init!r}, "
-            f"router={self.has_router}, scaling={self.scaling:g}, dropout={self.dropout:g} "
-            f"({self.dropout_mode}), merged={self.merged}"
+            f"n_heads={cfg.n_heads}, rank={cfg.rank}, init={cfg.init!r}, router={cfg.router}, "
+            f"scaling={self.scaling:g}, dropout={cfg.dropout:g} ({cfg.dropout_mode}), "
+            f"merged={self.merged}"
         )
 
 
@@ -247,7 +240,7 @@ def inject_multihead_lora(
     a ``MultiHeadConfig`` and/or its fields. Targets work as in ``inject_lora``. Returns the
     adapted module paths.
     """
-    cfg = multihead_config(config, **options)
+    cfg = make_config(MultiHeadConfig, config, **options)
     return inject_adapters(model, targets, lambda lin: MultiHeadLoRALinear(lin, cfg))
 
 
@@ -259,9 +252,8 @@ def inject_rank_matched_lora(
     One ``LoRALinear`` of rank n*r per target, with the same scale s as the multi-head layers
     and the same dropout (on x); the other multi-head fields do not apply.
     """
-    cfg = multihead_config(config, **options)
+    cfg = make_config(MultiHeadConfig, config, **options)
     big = cfg.n_heads * cfg.rank
     alpha = cfg.scaling * (math.sqrt(big) if cfg.rslora else big)  # lora_scaling(big, alpha) = s
-    return inject_adapters(
-        model, targets, lambda lin: LoRALinear(lin, big, alpha, cfg.dropout, cfg.rslora)
-    )
+    lora = LoRAConfig(rank=big, alpha=alpha, dropout=cfg.dropout, rslora=cfg.rslora)
+    return inject_adapters(model, targets, lambda lin: LoRALinear(lin, lora))

@@ -18,17 +18,22 @@ modules, so each such parameter must belong to a module whose parameters are all
 ``BlockLoRALinear`` (q / v LoRA on a fused qkv) exports as a plain LoRA whose B is zero in the
 blocks not adapted: the same function, but PEFT will train those rows if you keep training there.
 MTLoRA and multi-head LoRA / R-LoRA have no PEFT format: ``export_peft`` refuses them.
+
+``import_peft`` checks the folder first (``adapters.peft_config``: the config's keys, types and
+values, safetensors only) and loads only LoRA factors and the ``modules_to_save`` the config
+names.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from mtlora_lite.adapters.atomic import atomic_path, atomic_write
@@ -36,28 +41,16 @@ from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.blocks import BlockLoRALinear
 from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.lora import LoRALinear, inject_lora
+from mtlora_lite.adapters.peft_config import (
+    CONFIG_NAME,
+    UNSUPPORTED,
+    WEIGHTS_NAME,
+    read_peft_config,
+    read_peft_tensors,
+)
 from mtlora_lite.adapters.targets import adapter_layers, name_matches
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # where PEFT's LoraModel keeps the wrapped model
-# PEFT LoRA options we do not implement, with the value that means "off". Absent means off too.
-UNSUPPORTED = {
-    "use_dora": (False, "DoRA (weight-decomposed LoRA)"),
-    "bias": ("none", "bias training"),
-    "lora_bias": (False, "a bias on lora_B"),
-    "fan_in_fan_out": (False, "transposed (Conv1D) weights"),
-    "rank_pattern": ({}, "per-layer ranks"),
-    "alpha_pattern": ({}, "per-layer alphas"),
-    "layers_to_transform": (None, "layer selection by index"),
-    "layers_pattern": (None, "layer selection by index"),
-    "exclude_modules": (None, "excluded modules"),
-    "layer_replication": (None, "layer replication"),
-    "target_parameters": (None, "LoRA on parameters instead of modules"),
-    "trainable_token_indices": (None, "trainable tokens"),
-    "use_qalora": (False, "QA-LoRA"),
-}
-PLAIN_INITS = (True, False, "gaussian")  # the others (PiSSA, OLoRA, LoftQ, ...) change W
 
 
 def _lora_factors(path: str, adapter: AdapterLayer) -> tuple[Tensor, Tensor]:
@@ -186,48 +179,40 @@ def export_peft(
     return folder
 
 
-def read_peft_config(folder: str | Path) -> dict[str, Any]:
-    """The folder's ``adapter_config.json``, checked to be a LoRA that ``import_peft`` can load."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {folder} a PEFT adapter folder?")
-    config = json.loads(path.read_text())
-    if config.get("peft_type") != "LORA":
-        raise ValueError(
-            f"{path}: peft_type {config.get('peft_type')!r}; only PEFT's LoRA can be imported"
-        )
-    used = [
-        f"{key}={config[key]!r} ({what})"
-        for key, (off, what) in UNSUPPORTED.items()
-        if config.get(key, off) not in (off, None)
-    ]
-    if config.get("init_lora_weights", True) not in PLAIN_INITS:
-        used.append(
-            f"init_lora_weights={config['init_lora_weights']!r} (the adapter expects a modified "
-            "base model; convert it to plain LoRA with PEFT first)"
-        )
-    if config.get("target_modules") in (None, "all-linear"):
-        used.append(f"target_modules={config.get('target_modules')!r} (list the modules instead)")
-    if used:
-        raise ValueError(
-            f"{path} uses PEFT options that mtlora_lite does not implement: {'; '.join(used)}. "
-            "Load it with peft itself, or export the adapter without them"
-        )
-    return config
+def _saved_modules(model: nn.Module, names: list[str] | None, folder: Path) -> dict[str, Tensor]:
+    """File name (without PEFT's prefix) -> the model's tensor, for the whole state (parameters
+    and persistent buffers) of every module that ``modules_to_save`` names (a module path or a
+    dot-boundary suffix of it, as targets)."""
+    found: dict[str, Tensor] = {}
+    for entry in names or []:
+        modules = [n for n, _ in model.named_modules() if n and name_matches(n, entry)]
+        if not modules:
+            raise ValueError(
+                f"{folder}: modules_to_save names {entry!r}, which matches no module of this "
+                "model; load it into the architecture the adapter was trained on"
+            )
+        for name in modules:
+            for key, t in model.get_submodule(name).state_dict(keep_vars=True).items():
+                found[f"{name}.{key}"] = t
+    return found
 
 
 def import_peft(model: nn.Module, folder: str | Path, *, trainable: bool = True) -> list[str]:
     """Inject ``LoRALinear`` layers into ``model`` from a PEFT LoRA folder and load its weights.
 
-    Rank, alpha, rsLoRA, dropout and targets come from ``adapter_config.json``; ``model`` is the
-    model PEFT wrapped (same architecture, base weights of your choice). Tensors of PEFT's
-    ``modules_to_save`` (e.g. a head) are loaded into the matching modules. With ``trainable``
-    the model is then frozen except the adapters and those modules, ready to train on;
-    otherwise everything is frozen. Returns the adapted module paths. Everything is checked
-    (options, tensor names, shapes) before the model is touched.
+    Rank, alpha, rsLoRA, dropout and targets come from ``adapter_config.json``
+    (``read_peft_config`` checks each); ``model`` is the model PEFT wrapped (same architecture,
+    base weights of your choice). What is loaded: the LoRA factors of the targeted layers and
+    the whole state of the modules that the config's ``modules_to_save`` names (e.g. a head),
+    nothing else: other tensors in the file (a base weight, say) are ignored with a warning, as
+    PEFT ignores them. With ``trainable`` the model is then frozen except the adapters and those
+    modules, ready to train on; otherwise everything is frozen. Returns the adapted module
+    paths. Everything is checked (options, tensor names, shapes, finite values) before the model
+    is touched.
     """
+    folder = Path(folder)
     config = read_peft_config(folder)
-    saved = load_file(str(Path(folder) / WEIGHTS_NAME))
+    saved = read_peft_tensors(folder)
     outside = [k for k in saved if not k.startswith(PREFIX)]
     if outside:
         raise ValueError(
@@ -236,22 +221,29 @@ def import_peft(model: nn.Module, folder: str | Path, *, trainable: bool = True)
     saved = {k[len(PREFIX) :]: v for k, v in saved.items()}
     targets = config["target_modules"]
     targets = re.compile(targets) if isinstance(targets, str) else list(targets)
-    rank = config.get("r", 8)  # PEFT's default, as for lora_alpha below
+    rank = config["r"]
     expected: dict[str, tuple[int, ...]] = {}  # file name -> shape, of every tensor to load
     for name, module in model.named_modules():
         if name and name_matches(name, targets) and isinstance(module, nn.Linear):
             expected[f"{name}.lora_A.weight"] = (rank, module.in_features)
             expected[f"{name}.lora_B.weight"] = (module.out_features, rank)
     lora_keys = set(expected)
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    extras = {k: tensors[k] for k in saved.keys() - lora_keys if k in tensors}  # modules_to_save
+    extras = _saved_modules(model, config.get("modules_to_save"), folder)
     expected.update({k: tuple(t.shape) for k, t in extras.items()})
+    factors = {k for k in saved if k.endswith((".lora_A.weight", ".lora_B.weight"))}
     missing = sorted(expected.keys() - saved.keys())
-    unexpected = sorted(saved.keys() - expected.keys())
+    unexpected = sorted(factors - lora_keys)
     if missing or unexpected:
         raise ValueError(
             f"{folder} does not fit this model: missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}; load it into the architecture the adapter was trained on"
+        )
+    ignored = sorted(saved.keys() - expected.keys())
+    if ignored:
+        warnings.warn(
+            f"{folder}: ignoring {len(ignored)} tensor(s) that are neither LoRA factors of the "
+            f"target modules nor in modules_to_save, as PEFT does: {ignored[:3]}",
+            stacklevel=2,
         )
     bad = [k for k, shape in expected.items() if tuple(saved[k].shape) != shape]
     if bad:
@@ -259,13 +251,24 @@ def import_peft(model: nn.Module, folder: str | Path, *, trainable: bool = True)
             f"shape mismatch for {bad[0]!r}: file {tuple(saved[bad[0]].shape)}, model "
             f"{expected[bad[0]]}; was the adapter trained on this architecture?"
         )
+    broken = [
+        k
+        for k in sorted(expected)
+        if saved[k].is_floating_point() and not saved[k].isfinite().all()
+    ]
+    if broken:
+        raise ValueError(
+            f"{folder} holds non-finite values (NaN / inf) in {len(broken)} tensor(s), e.g. "
+            f"{broken[0]!r}: the adapter is broken (e.g. training diverged); export it again "
+            "from a good model"
+        )
     paths = inject_lora(  # checks the targets once more, before replacing any layer
         model,
         targets,
         rank=rank,
-        alpha=config.get("lora_alpha", 8),  # PEFT's default
-        dropout=config.get("lora_dropout", 0.0),
-        rslora=config.get("use_rslora", False),
+        alpha=config["lora_alpha"],
+        dropout=config["lora_dropout"],
+        rslora=config["use_rslora"],
     )
     params = dict(model.named_parameters())  # after injection: the new lora_A / lora_B
     with torch.no_grad():

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import timm
 from timm.models.swin_transformer import PatchMerging, SwinTransformer, WindowAttention
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.base import make_config
 from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.mtlora import MergeLoRALinear, MTLoRAConfig, MTLoRALinear, RankSpec
 from mtlora_lite.adapters.targets import TIMM_TARGETS, inject_adapters
@@ -95,17 +96,15 @@ def check_task_names(tasks: Sequence[str]) -> list[str]:
 
 
 def inject_mtlora(
-    swin: nn.Module, tasks: Sequence[str], config: MTLoRAConfig | None = None
+    swin: nn.Module, tasks: Sequence[str], config: MTLoRAConfig | None = None, **options: Any
 ) -> list[str]:
     """Add TA-LoRA to every block and TS-LoRA (for ``tasks``) to the last block of the chosen
-    stages of a timm Swin, in place. Returns the adapted module paths. Freeze with
-    ``mark_mtlora_trainable``; run with ``SwinTaskEncoder``.
+    stages of a timm Swin, in place: an ``MTLoRAConfig`` and / or its fields, e.g.
+    ``inject_mtlora(swin, ["seg", "depth"], shared_rank=8)``. Returns the adapted module paths.
+    Freeze with ``mark_mtlora_trainable``; run with ``SwinTaskEncoder``.
     """
-    return _inject_mtlora(check_swin(swin), check_task_names(tasks), config or MTLoRAConfig())
-
-
-def _inject_mtlora(swin: SwinTransformer, tasks: list[str], cfg: MTLoRAConfig) -> list[str]:
-    """``inject_mtlora`` on a checked Swin and checked task names."""
+    swin, tasks = check_swin(swin), check_task_names(tasks)
+    cfg = make_config(MTLoRAConfig, config, **options)
     n = len(swin.layers)
     shared, task_ranks = _per_stage(cfg.shared_rank, n, "shared_rank"), _task_ranks(cfg, tasks, n)
     ts_stages = set(range(n) if cfg.task_stages is None else cfg.task_stages)
@@ -144,9 +143,12 @@ def _check_block(block: nn.Module) -> None:
         )
 
 
-def mark_mtlora_trainable(swin: nn.Module, config: MTLoRAConfig | None = None) -> None:
-    """Freeze everything but the adapters, then unfreeze the config's trainable extras."""
-    swin, cfg = check_swin(swin), config or MTLoRAConfig()
+def mark_mtlora_trainable(
+    swin: nn.Module, config: MTLoRAConfig | None = None, **options: Any
+) -> None:
+    """Freeze everything but the adapters, then unfreeze the config's trainable extras (an
+    ``MTLoRAConfig`` and / or its fields, as given to ``inject_mtlora``)."""
+    swin, cfg = check_swin(swin), make_config(MTLoRAConfig, config, **options)
     mark_only_adapters_trainable(swin)
     swin.patch_embed.requires_grad_(cfg.train_patch_embed)
     for name, module in swin.named_modules():

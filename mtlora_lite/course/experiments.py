@@ -15,12 +15,8 @@ that any change to the code makes every run new). A cached result is a real meas
 that run by this code, made earlier (notebook 03 reuses the single-task
 references notebook 02 measured); delete the folder or pass ``cache_dir=None`` to measure again.
 
-What the cache guarantees: an entry is written atomically after its run (a crash or a full disk
-leaves the previous entry or none, never half of one); before a run trains, the cache folder is
-checked to be writable (an ``OSError`` naming it, with the fix, instead of losing the run after
-training); an entry that cannot be read (cut short, edited, wrong fields) is named in a warning,
-trained again and overwritten; and if writing still fails after training (the disk filled up
-meanwhile), a warning says so and the result is returned anyway.
+What the cache guarantees under kills, full disks and damaged entries is stated once, in the
+README's "What the cache guarantees"; ``_cached_run`` below keeps it.
 """
 
 from __future__ import annotations
@@ -30,6 +26,7 @@ import functools
 import hashlib
 import json
 import numbers
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +36,7 @@ from typing import Any
 from torch import nn
 
 from mtlora_lite import __version__
+from mtlora_lite.adapters.atomic import check_writable
 from mtlora_lite.adapters.checks import check_positive
 from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.heads import router_statistics
@@ -51,13 +49,7 @@ from mtlora_lite.course.data import (
     make_loaders,
     make_mixture_loaders,
 )
-from mtlora_lite.course.records import (
-    RunResult,
-    check_writable,
-    read_record,
-    run_record,
-    write_record,
-)
+from mtlora_lite.course.records import RunResult, read_record, run_record, write_record
 from mtlora_lite.course.scene_tasks import build_tasks
 from mtlora_lite.course.scenes import check_seed
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder
@@ -181,6 +173,20 @@ def _plain(value: Any) -> Any:
 
 
 CACHE_FIX = "pass cache_dir=None to train without the cache, or cache_dir=<a writable folder>"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,99}")
+
+
+def check_run_name(name: object) -> str:
+    """``name`` if it is a safe file-name stem for the cache (``<name>-<key>.json``): 1 to 100
+    characters, letters, digits and ``. _ + = , @ -``, starting with a letter or digit, no
+    ``..``; so no separators, no absolute paths, no hidden files, nothing outside ``cache_dir``."""
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"run name {name!r} is not a safe file name: use 1 to 100 letters, digits and "
+            "'._+=,@-', starting with a letter or digit, without '..' (no '/', '\\' or absolute "
+            "paths: every run is recorded directly in cache_dir), e.g. 'mtlora-r8-seed1'"
+        )
+    return name
 
 
 def _cached_run(
@@ -294,7 +300,7 @@ def run_dense(
     rec = recipe("dense", profile)
     seed, lr = _check_run(seed, lr, rec, method)
     options = _plain(options)
-    name = name or f"{method}-{'+'.join(tasks)}"
+    name = check_run_name(name or f"{method}-{'+'.join(tasks)}")
     spec = _spec("dense", name, seed, rec, lr, options, device, method=method, tasks=list(tasks))
 
     def train() -> RunResult:
@@ -355,7 +361,7 @@ def run_mixture(
     )
     if adapter == "lora":
         options["rank"] = _plain(n_heads * rank)
-    name = name or adapter
+    name = check_run_name(name or adapter)
     spec = _spec(
         "mixture",
         name,

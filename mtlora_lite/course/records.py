@@ -6,9 +6,8 @@
 
 A record carries each task's primary metric *name* and direction with its value, so tables and
 the run explorer (``course.widgets``) work for runs of your own tasks too. Records are written
-atomically (a crash leaves the old file or none); ``read_record`` raises ``ValueError`` naming
-the file for anything that is not a complete record, and ``load_results`` skips such files with
-a warning that names them.
+with ``adapters.atomic``; ``read_record`` raises ``ValueError`` naming the file for anything that
+is not a complete record, and ``load_results`` skips such files with a warning that names them.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
-import tempfile
 import typing
 import warnings
 from collections.abc import Mapping
@@ -28,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from mtlora_lite.adapters.atomic import atomic_write
+from mtlora_lite.adapters.atomic import check_writable as check_writable  # notebooks import it here
 from mtlora_lite.adapters.breakdown import trainable_breakdown
 from mtlora_lite.multitask.history import History
 from mtlora_lite.multitask.tasks import Task, primary_metrics
@@ -104,25 +102,6 @@ def run_record(
 def write_record(result: RunResult, path: str | Path, **extra: Any) -> Path:
     """Write ``result`` (and ``extra`` top-level entries, e.g. the run's spec) as JSON, atomically."""
     return atomic_write(path, json.dumps({**dataclasses.asdict(result), **extra}, indent=1))
-
-
-def check_writable(folder: str | Path, fix: str = "") -> Path:
-    """Create ``folder`` if needed and write, sync and delete a small probe file in it, so that a
-    read-only or full folder fails before a long run, not after it. Returns the folder.
-
-    Raises ``OSError`` (its errno kept) naming the folder, followed by ``fix``.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".write-check.") as probe:
-            probe.write(bytes(4096))
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as err:
-        message = f"cannot write to {folder}: {err.strerror or err}" + (f"; {fix}" if fix else "")
-        raise OSError(err.errno, message) from err
-    return folder
 
 
 def _json_types(hint: Any) -> tuple[type, ...] | None:

@@ -21,7 +21,8 @@ answer     (B, A) logits     (B, 2) int64:           cross-entropy on the answer
                              [answer, task]          "acc/<task>" per mixture task
 ========== ================= ======================= ============================================
 
-The metrics and losses are the library's (``mtlora_lite.multitask.tasks``, which explains them).
+Each is built by the library's constructor of its kind (``Task.segmentation``, ``Task.saliency``,
+...; ``mtlora_lite.multitask.metrics`` explains the metrics).
 "answer": a prediction is right only if its argmax over the whole union answer space is the
 true answer, so the model must also recognise the task from its cue.
 """
@@ -42,18 +43,8 @@ from mtlora_lite.course.scenes import (
     SceneConfig,
     class_names,
 )
-from mtlora_lite.multitask.tasks import (
-    AccuracyMetric,
-    ConfusionMetric,
-    DepthMetric,
-    NormalsMetric,
-    Task,
-    ThresholdMetric,
-    balanced_binary_loss,
-    binary_loss,
-    depth_loss,
-    normals_loss,
-)
+from mtlora_lite.multitask.metrics import AccuracyMetric
+from mtlora_lite.multitask.tasks import Task
 
 TASK_NAMES = (*DENSE_LABELS, *IMAGE_LABELS, "answer")
 
@@ -64,88 +55,22 @@ def _answer_loss(pred: Tensor, target: Tensor) -> Tensor:
 
 def _make_task(name: str, config: SceneConfig, mixture_tasks: Sequence[str]) -> Task:
     if name in ("semseg", "parts"):
-        c = len(class_names(config, name))
-        kind, loss, metric = "segmentation", F.cross_entropy, partial(ConfusionMetric, c)
-        return Task(
-            name=name,
-            kind=kind,
-            out_channels=c,
-            dense=True,
-            primary="mIoU",
-            higher_is_better=True,
-            loss_fn=loss,
-            metric_factory=metric,
-        )
+        return Task.segmentation(name, len(class_names(config, name)))
     if name == "saliency":
-        max_f = partial(ThresholdMetric, 0.3, "maxF")
-        return Task(
-            name=name,
-            kind="saliency",
-            out_channels=1,
-            dense=True,
-            primary="maxF",
-            higher_is_better=True,
-            loss_fn=binary_loss,
-            metric_factory=max_f,
-        )
+        return Task.saliency(name)
     if name == "normals":
-        return Task(
-            name=name,
-            kind="normals",
-            out_channels=3,
-            dense=True,
-            primary="mean_angle",
-            higher_is_better=False,
-            loss_fn=normals_loss,
-            metric_factory=NormalsMetric,
-        )
+        return Task.normals(name)
     if name == "depth":
-        return Task(
-            name=name,
-            kind="depth",
-            out_channels=1,
-            dense=True,
-            primary="rmse",
-            higher_is_better=False,
-            loss_fn=depth_loss,
-            metric_factory=DepthMetric,
-        )
+        return Task.depth(name)
     if name == "edges":
-        ods_f = partial(ThresholdMetric, 1.0, "odsF")
-        return Task(
-            name=name,
-            kind="edges",
-            out_channels=1,
-            dense=True,
-            primary="odsF",
-            higher_is_better=True,
-            loss_fn=balanced_binary_loss,
-            metric_factory=ods_f,
-        )
+        return Task.edges(name)
     if name == "answer":
-        a = sum(n for _, n in mixture_layout(mixture_tasks, config).values())
+        answers = sum(n for _, n in mixture_layout(mixture_tasks, config).values())
         per_task = partial(AccuracyMetric, list(mixture_tasks))
-        return Task(
-            name=name,
-            kind="mixture",
-            out_channels=a,
-            dense=False,
-            primary="acc",
-            higher_is_better=True,
-            loss_fn=_answer_loss,
-            metric_factory=per_task,
+        return Task.classification(
+            name, answers, kind="mixture", loss_fn=_answer_loss, metric_factory=per_task
         )
-    c = len(class_names(config, name))
-    return Task(
-        name=name,
-        kind="classification",
-        out_channels=c,
-        dense=False,
-        primary="acc",
-        higher_is_better=True,
-        loss_fn=F.cross_entropy,
-        metric_factory=AccuracyMetric,
-    )
+    return Task.classification(name, len(class_names(config, name)))
 
 
 def build_tasks(

@@ -6,13 +6,14 @@ never the frozen backbone), the optimizer's per-parameter state, and the torch R
 tensors. Its metadata holds, as JSON:
 
 - ``progress``: the passes done and the History so far;
-- ``settings``: every setting that shapes the run (lr, schedule, seed, precision, ...), which
-  ``fit`` compares with its own before resuming;
+- ``settings``: every setting that shapes the run (lr, schedule, seed, precision, ...), and
+  ``identity``: the frozen base's fingerprint and the data's identity (``multitask.resume``),
+  which ``fit`` compares with its own before resuming;
 - ``scheduler`` and ``scaler``: the schedule's position and the fp16 loss scale;
 - ``sha256``: a checksum of all of the above and of every tensor's name, dtype, shape and bytes
   (``tensor_digest``, as adapter files have), so that changed bytes are found on load.
 
-    save_checkpoint(path, model, optimizer, scheduler, scaler, progress, settings)
+    save_checkpoint(path, model, optimizer, scheduler, scaler, progress, settings, identity)
     saved = read_checkpoint(path)       # None if there is no file; checks format and checksum
     restore_checkpoint(saved, model, optimizer, scheduler, scaler)    # after comparing settings
 """
@@ -36,13 +37,13 @@ from mtlora_lite.adapters.saving import adapter_state_dict
 
 FORMAT = "mtlora_lite.checkpoint/2"
 CHECKPOINT_NAME = "checkpoint.safetensors"
-_JSON_KEYS = ("progress", "settings", "scheduler", "scaler")
+_JSON_KEYS = ("progress", "settings", "identity", "scheduler", "scaler")
 
 
 @dataclass
 class Checkpoint:
     """A checkpoint file read back and verified: its ``path``, ``tensors`` and JSON ``meta``
-    (``progress``, ``settings``, ``scheduler``, ``scaler``)."""
+    (``progress``, ``settings``, ``identity``, ``scheduler``, ``scaler``)."""
 
     path: Path
     tensors: dict[str, Tensor]
@@ -55,6 +56,10 @@ class Checkpoint:
     @property
     def settings(self) -> dict[str, Any]:
         return self.meta["settings"]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.meta["identity"]
 
     def fix(self) -> str:
         """How to start afresh instead of resuming from this file."""
@@ -76,9 +81,10 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler,
     progress: Mapping[str, Any],
     settings: Mapping[str, Any],
+    identity: Mapping[str, Any],
 ) -> Path:
-    """Write model state, optimizer state, RNG states, the schedule, the loss scale, ``progress``
-    and ``settings`` (both JSON-serialisable) to ``path`` in one atomic step."""
+    """Write model state, optimizer state, RNG states, the schedule, the loss scale,
+    ``progress``, ``settings`` and ``identity`` (JSON-serialisable) to ``path`` atomically."""
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {f"model/{k}": v.detach() for k, v in adapter_state_dict(model).items()}
     for p, state in optimizer.state.items():
@@ -91,6 +97,7 @@ def save_checkpoint(
     meta = {
         "progress": json.dumps(dict(progress)),
         "settings": json.dumps(dict(settings), sort_keys=True),
+        "identity": json.dumps(dict(identity), sort_keys=True),
         "scheduler": json.dumps(scheduler.state_dict()),
         "scaler": json.dumps(scaler.state_dict()),
     }

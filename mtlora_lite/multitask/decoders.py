@@ -15,19 +15,12 @@ features after the next stage's patch merging (``SwinTaskEncoder(features="merge
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class TaskHead(Protocol):
-    """What a decoder (and ``build_model``) needs to know of a task; ``Task`` has it."""
-
-    name: str
-    out_channels: int
-    dense: bool
+from mtlora_lite.multitask.tasks import TaskLike
 
 
 def default_channels(n: int) -> list[int]:
@@ -97,7 +90,7 @@ class ClassificationHead(nn.Module):
 
 
 def build_decoder(
-    task: TaskHead, in_channels: Sequence[int], channels: Sequence[int] | None = None
+    task: TaskLike, in_channels: Sequence[int], channels: Sequence[int] | None = None
 ) -> DenseDecoder | ClassificationHead:
     """A ``DenseDecoder`` for a dense task (``task.dense``), else a ``ClassificationHead``."""
     if task.dense:

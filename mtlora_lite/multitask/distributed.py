@@ -14,6 +14,11 @@ and nothing here changes anything. With them, ``fit`` and ``evaluate``
 - reduce what they report: metrics through each metric's ``merge`` (every rank ends with the same
   numbers), the step losses as means over ranks.
 
+Before the process group is created, the environment is checked and every rank must arrive
+within a short, stated timeout (``multitask.startup``: 60 s by default), so a peer that never
+starts is named instead of hanging; ``fit`` then compares what each rank holds as data
+(``same_on_every_rank``), so ranks with different data sizes fail at once too.
+
 The process group is created once, by the first ``fit`` or ``evaluate`` of the process (or by
 the caller, before), and reused by later calls; one that ``launch`` created is destroyed when the
 process exits, normally or by an exception (``atexit``). Re-creating a group within one process
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +38,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+
+from mtlora_lite.multitask.startup import meet, torchrun_environment
 
 
 @dataclass
@@ -55,21 +61,36 @@ class Launch:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """True in the process that should print and write files: rank 0 under ``torchrun``, and
+    always in a single process. Guard your own script's output with it:
+
+        history = fit(model, task, loader)       # every process trains its shard
+        if is_main_process():
+            save_adapters(model, "adapters.safetensors")
+    """
+    return rank_and_world()[0] == 0
+
+
 def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them in the environment; (0, 1) in one process."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    """(rank, world size) as torchrun sets them in the environment, checked
+    (``startup.torchrun_environment``); (0, 1) in one process."""
+    env = torchrun_environment()
+    return env.rank, env.world_size
 
 
 def launch(device: torch.device, timeout_s: float = 1800.0) -> Launch:
     """The torchrun context of this process (module docstring); ``device`` is the requested one.
 
     On CUDA the rank's device is ``cuda:LOCAL_RANK``; raises ``ValueError`` if WORLD_SIZE asks for
-    more CUDA processes than this machine has GPUs.
+    more CUDA processes than this machine has GPUs or the environment is inconsistent, and
+    ``RuntimeError`` naming the ranks that did not arrive within ``startup.START_TIMEOUT_S``.
+    ``timeout_s`` is the process group's timeout for the collectives of training.
     """
-    rank, world = rank_and_world()
+    env = torchrun_environment()
+    rank, world, local = env.rank, env.world_size, env.local_rank
     if world <= 1:
         return Launch(device=device)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise ValueError(
@@ -80,9 +101,28 @@ def launch(device: torch.device, timeout_s: float = 1800.0) -> Launch:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
+        timeout = dt.timedelta(seconds=timeout_s)
+        store = meet(env)  # every rank is there, or who is not is named
+        store.set_timeout(timeout)
+        store = dist.PrefixStore("default_pg", store)  # as init_process_group's own rendezvous
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
         atexit.register(_destroy)
     return Launch(rank, world, device)
+
+
+def same_on_every_rank(value: Any, what: str, ctx: Launch) -> None:
+    """Raise ``ValueError`` on every rank unless all ranks hold the same JSON-like ``value``
+    (e.g. the size and identity of their data), naming the values of the ranks that differ."""
+    if not ctx.active:
+        return
+    values: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        ranks = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+        raise ValueError(
+            f"the ranks hold different {what} ({ranks}): every rank must build the same data set "
+            "(fit gives each rank its own shard of it)"
+        )
 
 
 def _destroy() -> None:

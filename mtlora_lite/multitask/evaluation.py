@@ -8,8 +8,8 @@ Under torchrun, each rank evaluates its shard and the metrics are merged (``mult
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping, Sized
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,11 +17,12 @@ from tqdm.auto import tqdm
 
 from mtlora_lite.multitask import distributed
 from mtlora_lite.multitask.history import Metrics
+from mtlora_lite.multitask.loaders import task_targets
 from mtlora_lite.multitask.precision import explain_dtype_errors
 from mtlora_lite.multitask.runtime import resolve_device, seed_everything
+from mtlora_lite.multitask.tasks import TaskLike, task_dict
 
 __all__ = [  # seed_everything: importable from here too, as before runtime.py
-    "EvalTask",
     "batch_to",
     "evaluate",
     "evaluate_launched",
@@ -31,28 +32,29 @@ __all__ = [  # seed_everything: importable from here too, as before runtime.py
 ]
 
 
-class EvalTask(Protocol):
-    """What evaluation needs from a task (``mtlora_lite.multitask.tasks.Task`` has it)."""
-
-    name: str
-
-    def new_metric(self) -> Any: ...
-
-
-def batch_to(batch: Any, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
-    """``(images, {task: target})`` moved to ``device``."""
+def batch_to(
+    batch: Any, device: torch.device, tasks: Iterable[str], what: str = "the loader"
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(images, {task: target})`` moved to ``device``, from a batch ``(images, targets)`` whose
+    targets are a dict, or one tensor for a single task (``loaders.task_targets``)."""
     images, targets = batch
+    targets = task_targets(targets, tasks, what)
     return images.to(device, non_blocking=True), {
         k: v.to(device, non_blocking=True) for k, v in targets.items()
     }
 
 
 def predict(model: nn.Module, images: Tensor, tasks: Iterable[str]) -> dict[str, Tensor]:
-    """``model(images)``, checked to be a dict with a prediction for every task."""
+    """``model(images)`` as ``{task: prediction}``: the model's dict, checked to have every task,
+    or ``{task: output}`` when a model of one task returns a plain tensor."""
+    tasks = list(tasks)
     preds = model(images)
+    if isinstance(preds, Tensor) and len(tasks) == 1:
+        return {tasks[0]: preds}
     if not isinstance(preds, Mapping):
         raise TypeError(
-            f"The model returned {type(preds).__name__}; it must return dict[task name -> Tensor]."
+            f"The model returned {type(preds).__name__}; with several tasks ({tasks}) it must "
+            "return dict[task name -> Tensor] (a plain tensor serves one task only)."
         )
     missing = [t for t in tasks if t not in preds]
     if missing:
@@ -63,7 +65,7 @@ def predict(model: nn.Module, images: Tensor, tasks: Iterable[str]) -> dict[str,
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    tasks: Mapping[str, EvalTask],
+    tasks: Mapping[str, TaskLike] | TaskLike,
     loader: Iterable,
     *,
     device: str | torch.device = "auto",
@@ -71,18 +73,23 @@ def evaluate(
 ) -> Metrics:
     """Each task's metrics over ``loader``, model in eval mode (its previous mode is restored),
     in the model's own precision (no autocast: fp32 for an fp32 model, whatever ``fit`` trained in).
+    ``tasks``, model and loader as for ``fit``: a dict of tasks, or one task with a model that may
+    return a plain tensor and a loader of plain ``(x, y)`` batches.
 
     Under torchrun each rank evaluates its shard of ``loader``'s dataset and the metrics are merged,
     so every rank returns the metrics of the whole set.
     """
+    if isinstance(loader, Sized) and len(loader) == 0:
+        raise ValueError("the evaluation loader yields no batches (its dataset is empty)")
     dev = resolve_device(device)
     ctx = distributed.launch(dev)
+    tasks = task_dict(tasks)
     return evaluate_launched(model, tasks, distributed.shard_eval(loader, ctx), ctx, progress)
 
 
 def evaluate_launched(
     model: nn.Module,
-    tasks: Mapping[str, EvalTask],
+    tasks: Mapping[str, TaskLike],
     loader: Iterable,
     ctx: distributed.Launch,
     progress: bool,
@@ -98,7 +105,7 @@ def evaluate_launched(
             for batch in tqdm(
                 loader, desc="eval", disable=not (progress and ctx.main), leave=False
             ):
-                images, targets = batch_to(batch, dev)
+                images, targets = batch_to(batch, dev, tasks, "the evaluation loader")
                 with explain_dtype_errors(model, images):
                     preds = predict(model, images, tasks)
                 for name, metric in metrics.items():

@@ -18,8 +18,10 @@ Metrics = dict[str, dict[str, float]]  # task -> metric name -> value
 class Callback:
     """Hooks called by ``fit``; subclass and override what you need (all are no-ops here)."""
 
-    def on_fit_start(self, model: nn.Module) -> None:
-        """Before the first step."""
+    def on_fit_start(self, model: nn.Module, start_step: int = 0) -> None:
+        """Before the first step of this call: ``start_step`` is the number of optimizer steps
+        already done (0, or where a resumed run continues from its checkpoint). Whatever a
+        callback recorded after ``start_step`` (in an interrupted call) is about to be redone."""
 
     def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
         """After optimizer step ``step`` (1-based); ``logs`` is that step's record in the History."""
@@ -32,7 +34,9 @@ class HeadSimilarityRecorder(Callback):
     """Trainer callback: ``head_similarity(model, mode)`` before training and every ``every`` steps.
 
     ``steps[k]`` is the optimizer step (0 = before training) of the record ``values[k]`` (layer ->
-    mean head cosine). ``curve()`` gives what to plot; ``to_dict()`` what to save as JSON.
+    mean head cosine). ``curve()`` gives what to plot; ``to_dict()`` what to save as JSON. When a
+    ``fit`` starts (or resumes) at step s, records from step s on are replaced by the new call's,
+    so one recorder used through an interrupted call and its resumption holds each step once.
     """
 
     def __init__(self, every: int = 10, mode: str = "B") -> None:
@@ -48,8 +52,11 @@ class HeadSimilarityRecorder(Callback):
         self.steps.append(step)
         self.values.append(head_similarity(model, self.mode))
 
-    def on_fit_start(self, model: nn.Module) -> None:
-        self._record(0, model)
+    def on_fit_start(self, model: nn.Module, start_step: int = 0) -> None:
+        kept = [k for k, step in enumerate(self.steps) if step < start_step]
+        self.steps = [self.steps[k] for k in kept]
+        self.values = [self.values[k] for k in kept]
+        self._record(start_step, model)
 
     def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
         if step % self.every == 0:

@@ -26,21 +26,22 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from mtlora_lite.adapters.base import make_config
 from mtlora_lite.adapters.breakdown import Breakdown, trainable_breakdown
 from mtlora_lite.adapters.mtlora import MTLoRAConfig
 from mtlora_lite.adapters.swin import (
     SwinTaskEncoder,
-    _inject_mtlora,
     check_swin,
+    inject_mtlora,
     mark_mtlora_trainable,
 )
 from mtlora_lite.adapters.targets import Targets
-from mtlora_lite.multitask.decoders import DenseDecoder, TaskHead, build_decoder
+from mtlora_lite.multitask.decoders import DenseDecoder, build_decoder
+from mtlora_lite.multitask.pascal.tasks import pascal_tasks
+from mtlora_lite.multitask.tasks import TaskLike
 
 Method = Literal["full", "decoders", "shared_lora", "mtlora"]
 METHODS: tuple[str, ...] = ("full", "decoders", "shared_lora", "mtlora")
-# PASCAL-Context as in the paper: semantic segmentation, human parts, saliency, surface normals.
-PAPER_TASKS: dict[str, int] = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
 
 
 class MultiTaskNet(nn.Module):
@@ -139,7 +140,7 @@ def check_images(images: object, swin: nn.Module) -> None:
 
 def build_model(
     backbone: nn.Module,
-    tasks: Sequence[TaskHead] | Mapping[str, TaskHead],
+    tasks: Sequence[TaskLike] | Mapping[str, TaskLike],
     method: Method = "mtlora",
     *,
     features: Literal["merged", "stage"] = "merged",
@@ -170,14 +171,14 @@ def build_model(
     swin.reset_classifier(0)
     encoder = SwinTaskEncoder(swin, [t.name for t in tasks], features)  # checks the names
     if method in ("shared_lora", "mtlora"):
-        cfg = dataclasses.replace(config or MTLoRAConfig(), **options)
+        cfg = make_config(MTLoRAConfig, config, **options)
         if method == "shared_lora":
             if cfg.task_stages:
                 raise ValueError(
                     "method 'shared_lora' has no TS-LoRA; use 'mtlora' to set task_stages"
                 )
             cfg = dataclasses.replace(cfg, task_stages=())
-        _inject_mtlora(swin, encoder.tasks, cfg)
+        inject_mtlora(swin, encoder.tasks, cfg)
         mark_mtlora_trainable(swin, cfg)
     else:
         swin.requires_grad_(method == "full")
@@ -187,13 +188,6 @@ def build_model(
         t.name: build_decoder(t, encoder.channels, decoder_channels).to(device) for t in tasks
     }
     return MultiTaskNet(encoder, decoders, method)
-
-
-@dataclasses.dataclass
-class _Task:
-    name: str
-    out_channels: int
-    dense: bool = True
 
 
 def paper_breakdown(method: Method = "mtlora", device: str = "meta", **options: Any) -> Breakdown:
@@ -207,7 +201,7 @@ def paper_breakdown(method: Method = "mtlora", device: str = "meta", **options: 
     swin = timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, img_size=448, num_classes=0, device=device
     )
-    tasks = [_Task(name, c) for name, c in PAPER_TASKS.items()]
+    tasks = pascal_tasks()  # semseg 21, human_parts 7, sal 1, normals 3 output channels
     with torch.device(device):
         model = build_model(swin, tasks, method, **options)
     return trainable_breakdown(model)

@@ -1,21 +1,27 @@
 """What makes two ``fit`` calls the same run, so that the second may resume the first.
 
 ``run_settings`` collects every setting that shapes a run (the schedule, the optimizer, the
-seed, the precision, the tasks, ...) as plain JSON; ``fit`` stores it in each checkpoint and,
-before resuming, ``check_same_run`` refuses a checkpoint of a run with other settings, naming
-each difference and the way to start afresh. Settings that do not change what is computed
-(progress bars, callbacks, the device's name, DDP options) are not part of it.
+seed, the precision, the tasks, ...) as plain JSON, and ``run_identity`` what it trains on: the
+frozen parameters' fingerprint (``adapters.fingerprint``: equal up to rounding) and the training
+and validation data's identity (``multitask.loaders.data_identity``). ``fit`` stores both in each
+checkpoint and, before resuming (finished or not), ``check_same_run`` refuses a checkpoint of
+another run, naming each difference and the way to start afresh. Settings that do not change
+what is computed (progress bars, callbacks, the device's name, DDP options) are not part of it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from torch import nn
+
+from mtlora_lite.adapters.fingerprint import weights_difference, weights_fingerprint
 from mtlora_lite.adapters.targets import Targets
 from mtlora_lite.multitask.checkpoint import Checkpoint
+from mtlora_lite.multitask.loaders import data_difference, data_identity
 
 
 def _targets(targets: Targets) -> Any:
@@ -62,9 +68,19 @@ def run_settings(
     return json.loads(json.dumps(settings))
 
 
-def check_same_run(saved: Checkpoint, settings: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` if ``saved`` is a checkpoint of a run with other ``settings``: each
-    difference named with both values, and how to start afresh."""
+def run_identity(model: nn.Module, train: Iterable, val: Iterable | None) -> dict[str, Any]:
+    """``{"base": fingerprint of the frozen parameters, "data": {"train": ..., "val": ...}}``."""
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    data = {"train": data_identity(train), "val": None if val is None else data_identity(val)}
+    return json.loads(json.dumps({"base": weights_fingerprint(frozen), "data": data}))
+
+
+def check_same_run(
+    saved: Checkpoint, settings: Mapping[str, Any], identity: Mapping[str, Any]
+) -> None:
+    """Raise ``ValueError`` if ``saved`` is a checkpoint of another run: other ``settings`` (each
+    difference named with both values), another frozen base or other data; always with the way
+    to start afresh."""
     before = saved.settings
     diff = [k for k in sorted(before.keys() | settings.keys()) if before.get(k) != settings.get(k)]
     if diff:
@@ -76,3 +92,22 @@ def check_same_run(saved: Checkpoint, settings: Mapping[str, Any]) -> None:
             f"checkpoint {saved.path} is of a run with other settings ({changes}). Resume with "
             f"the same settings, or {saved.fix()}"
         )
+    base = weights_difference(saved.identity["base"], identity["base"])
+    if base is not None:
+        raise ValueError(
+            f"checkpoint {saved.path} was written for another frozen base: its frozen parameters "
+            f"have {base}. Build the model from the same pretrained weights, or {saved.fix()}"
+        )
+    for part in ("train", "val"):
+        why = _data_difference(saved.identity["data"][part], identity["data"][part])
+        if why is not None:
+            raise ValueError(
+                f"checkpoint {saved.path} was written for other {part} data ({why}). Resume on "
+                f"the same data, or {saved.fix()}"
+            )
+
+
+def _data_difference(before: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> str | None:
+    if before is None or now is None:
+        return None if before is now else f"none {'there' if before is None else 'here'}"
+    return data_difference(before, now)

@@ -11,6 +11,12 @@ Tags, all at the optimizer step (1-based; 0 = before training):
                                  has multi-head LoRA layers: at step 0 and every ``heads_every``
     trainable_breakdown          text, at step 0 (``trainable_breakdown`` of the model)
 
+A resumed ``fit`` (``checkpoint_dir``) continues at the step of its checkpoint: the logger then
+opens a new event file that purges what the interrupted call logged after that step
+(``SummaryWriter(purge_step=...)``), so TensorBoard shows each step once. A folder that cannot
+be written, or a full disk, fails when the logger is made or when ``fit`` starts, before the
+first step, with an ``OSError`` naming the folder.
+
 ``tensorboard`` is an optional dependency, imported only when a logger is made.
 """
 
@@ -60,23 +66,48 @@ class TensorBoardLogger(Callback):
         if heads_every is not None and heads_every < 1:
             raise ValueError(f"heads_every must be >= 1 or None, got {heads_every}")
         self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(str(self.log_dir))
+        self._summary_writer = SummaryWriter
+        self.writer = self._open()
         self.groups, self.heads_every = groups, heads_every
         self.step = 0  # the last optimizer step seen: evaluations are logged at it
         self._heads = False
 
-    def on_fit_start(self, model: nn.Module) -> None:
-        self.step = 0
-        table = str(trainable_breakdown(model, self.groups))
-        # TensorBoard renders text as Markdown: indent by 4 spaces to keep the table's columns
-        self.writer.add_text(
-            "trainable_breakdown", "\n".join("    " + r for r in table.split("\n")), 0
+    def _fail(self, err: OSError) -> OSError:
+        return OSError(
+            err.errno,
+            f"TensorBoardLogger cannot write to {self.log_dir}: {err.strerror or err}. Pass a "
+            "log_dir on a writable disk with free space",
         )
+
+    def _open(self, purge_step: int | None = None) -> Any:
+        try:
+            return self._summary_writer(str(self.log_dir), purge_step=purge_step)
+        except OSError as err:
+            raise self._fail(err) from err
+
+    def _flush(self) -> None:
+        try:
+            self.writer.flush()
+        except OSError as err:
+            raise self._fail(err) from err
+
+    def on_fit_start(self, model: nn.Module, start_step: int = 0) -> None:
+        self.step = start_step
         self._heads = self.heads_every is not None and any(
             isinstance(m, MultiHeadLoRALinear) for m in model.modules()
         )
-        if self._heads:
-            self._log_heads(model)
+        if start_step > 0:  # resumed: hide what an interrupted call logged after start_step
+            self.writer.close()
+            self.writer = self._open(purge_step=start_step + 1)
+        else:
+            table = str(trainable_breakdown(model, self.groups))
+            # TensorBoard renders text as Markdown: indent by 4 spaces to keep the table's columns
+            self.writer.add_text(
+                "trainable_breakdown", "\n".join("    " + r for r in table.split("\n")), 0
+            )
+            if self._heads:
+                self._log_heads(model)
+        self._flush()  # a full disk fails here, before the first step
 
     def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
         self.step = step
@@ -91,7 +122,7 @@ class TensorBoardLogger(Callback):
         for task, values in metrics.items():
             for name, value in values.items():
                 self.writer.add_scalar(f"val/{task}/{name}", value, self.step)
-        self.writer.flush()
+        self._flush()
 
     def _log_heads(self, model: nn.Module) -> None:
         """head_similarity per layer and its mean over layers (NaN layers skipped)."""

@@ -1,8 +1,13 @@
 """A small multi-task trainer: ``fit`` (AdamW, warmup + cosine, clipping) and ``evaluate``.
 
-The model maps images (B, 3, H, W) to ``dict[task -> prediction]``; the loader yields
-``(images, targets)`` with ``targets`` a ``dict[task -> Tensor]``; each ``Task`` gives the loss and a
-streaming metric. The trainer records a ``History`` (``multitask.history``) and never draws.
+Several tasks: the model maps images (B, 3, H, W) to ``dict[task -> prediction]`` and the loader
+yields ``(images, targets)`` with ``targets`` a ``dict[task -> Tensor]``. One task: pass the task
+itself, a model that returns a plain tensor and a loader of plain ``(x, y)`` batches:
+
+    fit(model, Task.classification("cls", 10), loader)        # any nn.Module, any (x, y) loader
+
+Each task gives the loss and a streaming metric. The trainer records a ``History``
+(``multitask.history``) and never draws.
 
 The same call trains in one process or, started by ``torchrun``, in N (``multitask.distributed``):
 
@@ -16,18 +21,18 @@ pass ``lr = 5e-4 * batch_size * N / 512``. Under torchrun, fit prints the effect
 from __future__ import annotations
 
 import contextlib
-import math
+import inspect
 import time
-import warnings
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
+from mtlora_lite.adapters.atomic import check_writable
 from mtlora_lite.adapters.base import AdapterLayer
 from mtlora_lite.adapters.checks import check_count, check_number
 from mtlora_lite.adapters.targets import Targets
@@ -38,40 +43,28 @@ from mtlora_lite.multitask.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from mtlora_lite.multitask.evaluation import batch_to, evaluate_launched, predict
+from mtlora_lite.multitask.evaluation import batch_to, evaluate_launched
 from mtlora_lite.multitask.history import Callback, History
-from mtlora_lite.multitask.loaders import reseed, steps_per_pass
+from mtlora_lite.multitask.loaders import check_val_loader, reseed, steps_per_pass
 from mtlora_lite.multitask.precision import (
-    autocast,
     check_model_dtype,
-    explain_dtype_errors,
     grad_scaler,
     resolve_precision,
 )
-from mtlora_lite.multitask.resume import check_same_run, run_settings
+from mtlora_lite.multitask.resume import check_same_run, run_identity, run_settings
 from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.schedule import build_optimizer, build_scheduler, lr_factor
+from mtlora_lite.multitask.step import Run, record_skip, train_step
+from mtlora_lite.multitask.tasks import TaskLike, task_dict
 
-__all__ = ["TrainTask", "fit", "lr_factor"]
+__all__ = ["fit", "lr_factor"]  # lr_factor lives in schedule.py
 
-MAX_SKIPPED_IN_A_ROW = (
-    30  # fp16: consecutive steps skipped for inf / NaN gradients before fit stops
-)
-
-
-class TrainTask(Protocol):
-    """What the trainer needs from a task (``mtlora_lite.multitask.tasks.Task`` has it)."""
-
-    name: str
-
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor: ...
-
-    def new_metric(self) -> Any: ...
+SHOWN_MEAN = 10  # the progress bar shows the last step's loss and its mean over this many steps
 
 
 def fit(
     model: nn.Module,
-    tasks: Mapping[str, TrainTask],
+    tasks: Mapping[str, TaskLike] | TaskLike,
     train_loader: Iterable,
     val_loader: Iterable | None = None,
     *,
@@ -97,6 +90,10 @@ def fit(
 ) -> History:
     """Train ``model`` on the weighted sum of task losses, ``sum_t loss_weights[t] * loss_t``.
 
+    ``tasks`` is a dict ``{name: task}`` (the model returns ``{name: prediction}``, the loaders
+    yield ``(images, {name: target})``), or one task: then the model may return a plain tensor
+    and the loaders may yield plain ``(x, y)`` batches (module docstring).
+
     Schedule: ``epochs`` passes over ``train_loader``, or exactly ``max_steps`` steps if given
     (looping over the loader as needed); linear warm-up over the fraction ``warmup`` of all steps
     (from ``warmup_start_lr`` at step 0 if given, else from ``lr / warm-up steps``; the official
@@ -108,7 +105,7 @@ def fit(
     ``precision`` (``multitask.precision``): "bf16" (default: bf16 autocast), "fp16" (fp16
     autocast with a GradScaler, as the official MTLoRA trains; a step whose gradients are inf /
     NaN is skipped, recorded in ``History.skipped_steps``, and fit stops after
-    ``MAX_SKIPPED_IN_A_ROW`` in a row) or "fp32". Autocast runs on CUDA only: on a CPU (or MPS)
+    ``step.MAX_SKIPPED_IN_A_ROW`` in a row) or "fp32". Autocast runs on CUDA only: on a CPU (or MPS)
     fit trains in fp32 whatever is asked ("fp16" warns). Validation always runs in fp32.
 
     Validation on ``val_loader`` every ``eval_every`` passes and after the last step; the History
@@ -133,8 +130,7 @@ def fit(
     KeyboardInterrupt) carries the History so far as ``err.history``; the model's train / eval
     mode is restored in every case.
     """
-    if not isinstance(tasks, Mapping) or not tasks:
-        raise ValueError(f"tasks must be a non-empty mapping name -> task, got {tasks!r}")
+    tasks = task_dict(tasks)
     unknown = set(loss_weights or {}) - set(tasks)
     if unknown:
         raise KeyError(
@@ -153,6 +149,7 @@ def fit(
     if grad_clip is not None:
         grad_clip = check_number(grad_clip, "grad_clip", 0.0, open_low=True)
     eval_every = check_count(eval_every, "eval_every")
+    _check_callbacks(callbacks)
     merged = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer) and m.merged]
     if merged:
         raise RuntimeError(
@@ -164,11 +161,15 @@ def fit(
         steps_per_pass(train_loader)
     else:
         check_count(max_steps, "max_steps")
+    if val_loader is not None:
+        check_val_loader(val_loader, tasks)
 
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     check_model_dtype(model, dev, precision)
     ctx = distributed.launch(dev)
+    if checkpoint_dir is not None and ctx.main:
+        check_writable(checkpoint_dir, "pass another checkpoint_dir, or None to keep no checkpoint")
     was_training = model.training
     history = History()
     try:
@@ -194,14 +195,18 @@ def fit(
             eval_every=eval_every,
             processes=ctx.world_size,
         )
-        scaler = grad_scaler(ctx.device, precision)
         path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+        identity = {}  # what checkpoints record and the ranks compare (not needed otherwise)
+        if path is not None or ctx.active:
+            identity = run_identity(model, train_loader, val_loader)
+            distributed.same_on_every_rank(identity["data"], "data", ctx)
+        scaler = grad_scaler(ctx.device, precision)
         saved = read_checkpoint(path) if path and resume else None
         if saved is not None:
-            check_same_run(saved, settings)
+            check_same_run(saved, settings, identity)
             restore_checkpoint(saved, model, optimizer, scheduler, scaler)
             history = History.from_dict(saved.progress["history"])
-        run = _Run(
+        run = Run(
             model=model,
             ddp_model=distributed.wrap(model, ctx, ddp_options),
             tasks=tasks,
@@ -215,6 +220,7 @@ def fit(
             eval_every=eval_every,
             ctx=ctx,
             settings=settings,
+            identity=identity,
             checkpoint=path if ctx.main else None,
         )
         _train(
@@ -237,86 +243,28 @@ def fit(
     return history
 
 
-@dataclass
-class _Run:
-    """What the loop of ``fit`` trains with (``fit``'s arguments, checked and built)."""
-
-    model: nn.Module  # the model itself: callbacks, evaluation, checkpoints
-    ddp_model: nn.Module  # what the steps run through: the model, or its DDP wrapper
-    tasks: Mapping[str, TrainTask]
-    weights: Mapping[str, float]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler  # enabled for fp16 only
-    precision: str  # the precision used (``resolve_precision``)
-    grad_clip: float | None
-    total: int  # optimizer steps of the whole run
-    eval_every: int
-    ctx: distributed.Launch
-    settings: dict[str, Any]  # ``run_settings``, stored in each checkpoint
-    checkpoint: Path | None = None  # where to save after every pass (rank 0)
+def progress_text(recent: Sequence[float]) -> str:
+    """What the progress bar shows after a step: the step's training loss (the weighted sum over
+    tasks, as logged in the History) and its mean over the last ``SHOWN_MEAN`` steps."""
+    mean = sum(recent) / len(recent)
+    return f"loss {recent[-1]:.4f}, mean of last {len(recent)} steps {mean:.4f}"
 
 
-def _weighted_loss(
-    run: _Run, images: Tensor, targets: Mapping[str, Tensor], step: int
-) -> tuple[Tensor, float, dict[str, float]]:
-    """``sum_t weights[t] * loss_t`` (the scalar to back-propagate), its value and each task's loss
-    (means over ranks under torchrun). Raises if it is not finite (on every rank alike), except
-    under fp16 loss scaling, which skips such a step."""
-    with autocast(images.device, run.precision), explain_dtype_errors(run.model, images):
-        preds = predict(run.ddp_model, images, run.tasks)
-        losses = {n: t.loss(preds[n].float(), targets[n]) for n, t in run.tasks.items()}
-    loss = sum(run.weights[n] * losses[n] for n in run.tasks)
-    reported = distributed.mean_over_ranks(torch.stack([loss.detach(), *losses.values()]), run.ctx)
-    total, *each = reported.tolist()
-    values = dict(zip(losses, each, strict=True))
-    if not math.isfinite(total) and not run.scaler.is_enabled():
-        raise FloatingPointError(
-            f"Non-finite loss at step {step}: {values}. Lower the learning rate, check the inputs "
-            "for NaN / inf, or use grad_clip."
-        )
-    return loss, total, values
-
-
-def _step(run: _Run, images: Tensor, targets: Mapping[str, Tensor], step: int) -> dict[str, Any]:
-    """One optimizer step (1-based ``step``); returns its record for the History, with
-    ``"skipped": True`` when fp16 loss scaling skipped the update."""
-    logs: dict[str, Any] = {"step": step, "lr": run.optimizer.param_groups[0]["lr"]}
-    loss, logs["loss"], values = _weighted_loss(run, images, targets, step)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)  # (a no-op unless fp16) so that clipping sees true norms
-    trainable = [p for p in run.model.parameters() if p.requires_grad]
-    norm = nn.utils.clip_grad_norm_(trainable, run.grad_clip or math.inf)
-    logs.update(grad_norm=norm.item(), losses=values)
-    scale = run.scaler.get_scale() if run.scaler.is_enabled() else None
-    run.scaler.step(run.optimizer)  # skips the update if a gradient is inf / NaN (fp16)
-    run.scaler.update()
-    if scale is not None:
-        logs.update(loss_scale=scale, skipped=run.scaler.get_scale() < scale)
-    with warnings.catch_warnings():  # a skipped first step makes torch warn about the order
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-        run.scheduler.step()  # the schedule counts skipped steps too, as the official code's
-    return logs
-
-
-def _skipped(history: History, logs: dict[str, Any]) -> None:
-    """Record a step that fp16 loss scaling skipped; stop after too many in a row."""
-    if not logs.pop("skipped", False):
-        return
-    history.skipped_steps.append(logs["step"])
-    recent = history.skipped_steps[-MAX_SKIPPED_IN_A_ROW:]
-    if len(recent) == MAX_SKIPPED_IN_A_ROW and recent[0] == logs["step"] - len(recent) + 1:
-        raise FloatingPointError(
-            f"fp16 loss scaling skipped the last {MAX_SKIPPED_IN_A_ROW} steps (up to step "
-            f"{logs['step']}; loss {logs['loss']}, loss scale {logs['loss_scale']}): the "
-            "gradients are inf / NaN even at a small scale. Lower the learning rate, check the "
-            "inputs for NaN / inf, or train with precision='bf16' or 'fp32'."
-        )
+def _check_callbacks(callbacks: Sequence[Callback]) -> None:
+    """Refuse a callback whose ``on_fit_start`` cannot take the step ``fit`` starts from."""
+    for cb in callbacks:
+        try:
+            inspect.signature(cb.on_fit_start).bind(nn.Module(), 0)
+        except TypeError:
+            raise TypeError(
+                f"{type(cb).__name__}.on_fit_start must accept (model, start_step): fit passes "
+                "the number of steps already done (0, or where a resumed run continues). Define "
+                "it as on_fit_start(self, model, start_step=0)"
+            ) from None
 
 
 def _train(
-    run: _Run,
+    run: Run,
     loader: Iterable,
     val: Iterable | None,
     *,
@@ -335,25 +283,26 @@ def _train(
             f"{ctx.world_size * batch_size}; lr is used as given"
         )
     step = len(history.steps)
-    n_images, train_time, smooth = 0, 0.0, None
+    n_images, train_time = 0, 0.0
+    recent: deque[float] = deque(maxlen=SHOWN_MEAN)  # the losses the progress bar averages
     start = time.perf_counter() - history.wall_time_s
     model.train()
     for cb in callbacks:
-        cb.on_fit_start(model)
+        cb.on_fit_start(model, step)
     with tqdm(total=total, initial=step, desc="train", disable=not progress) as bar:
         while step < total:
             epoch += 1
             reseed(loader, seed, epoch)
             tic, steps_before = time.perf_counter(), step
             for batch in loader:
-                images, targets = batch_to(batch, ctx.device)
-                logs = _step(run, images, targets, step + 1)
+                images, targets = batch_to(batch, ctx.device, run.tasks, "train_loader")
+                logs = train_step(run, images, targets, step + 1)
                 step, n_images = step + 1, n_images + images.shape[0] * ctx.world_size
                 history.steps.append(logs)
-                _skipped(history, logs)
-                smooth = logs["loss"] if smooth is None else 0.9 * smooth + 0.1 * logs["loss"]
+                record_skip(history, logs)
+                recent.append(logs["loss"])
                 bar.update(1)
-                bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
+                bar.set_postfix_str(progress_text(recent), refresh=False)
                 for cb in callbacks:
                     cb.on_step_end(step, model, logs)
                 if step >= total:
@@ -378,4 +327,5 @@ def _train(
                     run.scaler,
                     {"epoch": epoch, "history": history.to_dict()},
                     run.settings,
+                    run.identity,
                 )

@@ -20,48 +20,17 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from mtlora_lite.multitask.distributed import rank_and_world
 from mtlora_lite.multitask.pascal.check import check_archive, report
 from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL
 from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
 from mtlora_lite.multitask.precision import PRECISIONS
 from mtlora_lite.paper.recipes import RECIPES, RUNS, PaperRecipe
 from mtlora_lite.paper.run import default_workers, run_recipe, run_tasks
-
-
-class LaunchError(ValueError):
-    """RANK / WORLD_SIZE in the environment do not describe a launch this command can run."""
-
-
-def check_launch(env: Mapping[str, str] = os.environ) -> None:
-    """Accept one process (neither RANK nor WORLD_SIZE, or WORLD_SIZE=1 with RANK 0 or unset) or
-    a torchrun launch (both, 0 <= RANK < WORLD_SIZE); refuse anything else, saying why: a
-    process that is not rank 0 writes no results, so a lone ``RANK=1`` would train and record
-    nothing."""
-    rank, world = env.get("RANK"), env.get("WORLD_SIZE")
-    if rank is None and world is None:
-        return
-    fix = (
-        "start several processes with torchrun --nproc_per_node N (it sets both), or unset "
-        "RANK and WORLD_SIZE to run in one process"
-    )
-    try:
-        r, w = int(rank or 0), int(world or 1)
-    except ValueError as err:
-        raise LaunchError(
-            f"RANK={rank!r} and WORLD_SIZE={world!r} must be integers: {fix}"
-        ) from err
-    if world is None and r != 0:
-        raise LaunchError(
-            f"RANK={rank} is set but WORLD_SIZE is not: one process is rank 0 of 1, and only "
-            f"rank 0 writes results, so this process would train and record nothing. {fix}"
-        )
-    if w < 1 or not 0 <= r < w or (rank is None and w > 1):
-        raise LaunchError(f"RANK={rank} and WORLD_SIZE={world} do not describe a launch: {fix}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,9 +88,10 @@ def _data(args: argparse.Namespace, recipe: PaperRecipe, out: Path) -> Path | No
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line (module docstring); returns the exit status."""
     args = _parser().parse_args(argv)
-    main_rank = os.environ.get("RANK", "0") == "0"
     try:
-        check_launch()
+        # checked first: a lone RANK=1 (no WORLD_SIZE) would train and record nothing, for only
+        # rank 0 writes results; torchrun_environment refuses it, saying how to launch
+        main_rank = rank_and_world()[0] == 0
         recipe = _recipe(args)
         out = args.out or Path("outputs/paper") / recipe.name
         data = _data(args, recipe, out)
@@ -144,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=workers,
             progress=not args.quiet,
         )
-    except ValueError as err:  # bad input: LaunchError, OutputError, DataCheckError, BadFileError
+    except ValueError as err:  # bad input: the launch, OutputError, DataCheckError, BadFileError
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # MissingDataError (bad input), or the system: a full disk, ...

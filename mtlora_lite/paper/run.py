@@ -99,26 +99,44 @@ def loaders(
 class JsonLog(Callback):
     """Appends one JSON object a line to ``path`` (flushed each time): ``{"event", "run",
     "time", ...}`` for fit starts, every ``every``-th step (and the first), validations and
-    whatever ``write`` is given. A crash leaves at most a partial last line."""
+    whatever ``write`` is given. A crash leaves at most a partial last line; a resumed fit drops
+    the lines of the steps and validations it redoes (and a partial line) first."""
 
     def __init__(self, path: str | Path, run: str, every: int = 10) -> None:
         self.path, self.run, self.every = Path(path), run, every
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.step = 0
 
     def write(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, "run": self.run, "time": time.time(), **fields})
         with self.path.open("a") as f:
             f.write(line + "\n")
 
-    def on_fit_start(self, model: nn.Module) -> None:
-        self.write("fit_start")
+    def _forget_after(self, step: int) -> None:
+        """Rewrite the log without step / eval lines after ``step`` and unreadable lines."""
+        kept = []
+        for line in self.path.read_text().splitlines() if self.path.is_file() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not (record.get("event") in ("step", "eval") and record.get("step", 0) > step):
+                kept.append(line + "\n")
+        atomic_write(self.path, "".join(kept))
+
+    def on_fit_start(self, model: nn.Module, start_step: int = 0) -> None:
+        self.step = start_step
+        if start_step > 0:
+            self._forget_after(start_step)
+        self.write("fit_start", start_step=start_step)
 
     def on_step_end(self, step: int, model: nn.Module, logs: dict[str, Any]) -> None:
+        self.step = step
         if step == 1 or step % self.every == 0:
             self.write("step", **logs)
 
     def on_eval_end(self, epoch: int, model: nn.Module, metrics: Metrics) -> None:
-        self.write("eval", epoch=epoch, metrics=metrics)
+        self.write("eval", epoch=epoch, step=self.step, metrics=metrics)
 
 
 def run_one(
