@@ -65,6 +65,8 @@ def test_an_out_that_is_a_file_is_named(data: Path, tmp_path: Path, capsys) -> N
     assert _call(data, out) == 2
     err = capsys.readouterr().err
     assert f"--out {out} is a file, not a folder" in err and out.read_text() == "not a folder"
+    assert main(["--recipe", "fixture", "--quiet", "--out", str(out)]) == 2  # its own archive
+    assert f"--out {out} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_a_read_only_out_is_named(

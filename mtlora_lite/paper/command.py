@@ -29,6 +29,7 @@ from mtlora_lite.multitask.pascal.check import check_archive, report
 from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL
 from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
 from mtlora_lite.multitask.precision import PRECISIONS
+from mtlora_lite.paper.outputs import prepare_out
 from mtlora_lite.paper.recipes import RECIPES, RUNS, PaperRecipe
 from mtlora_lite.paper.run import default_workers, run_recipe, run_tasks
 
@@ -71,6 +72,7 @@ def _data(args: argparse.Namespace, recipe: PaperRecipe, out: Path) -> Path | No
     if args.data is not None:
         return args.data
     if recipe.name == "fixture":
+        prepare_out(out)
         data = out / "PASCAL_MT_fixture"
         if not (data / "ImageSets/Context/val.txt").is_file():
             write_pascal_fixture(data)
