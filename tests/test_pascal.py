@@ -13,17 +13,15 @@ import torch
 from PIL import Image
 from scipy.io import loadmat
 
-from mtlora_lite.multitask.pascal.data import (
-    DOWNLOAD_URL,
+from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, MissingDataError, PascalContext
+from mtlora_lite.multitask.pascal.fixture import CONTEXT, PERSONS, SIZES, write_pascal_fixture
+from mtlora_lite.multitask.pascal.readers import (
     HUMAN_PARTS,
     IGNORE,
     NORMALS_CLASSES,
-    MissingDataError,
-    PascalContext,
     has_person,
     read_edges,
 )
-from mtlora_lite.multitask.pascal.fixture import CONTEXT, PERSONS, SIZES, write_pascal_fixture
 from mtlora_lite.multitask.pascal.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from mtlora_lite.multitask.pascal.check import DataCheckError, check_archive, report
-from mtlora_lite.multitask.pascal.data import BadFileError, PascalContext
+from mtlora_lite.multitask.pascal.data import PascalContext
 from mtlora_lite.multitask.pascal.fixture import (
     DAMAGE,
     damage_pascal_fixture,
     write_pascal_fixture,
 )
+from mtlora_lite.multitask.pascal.readers import BadFileError
 
 # kind of damage -> what the report says about it
 SAYS = {

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtlora_lite.multitask.pascal.data import IGNORE, PascalContext
+from mtlora_lite.multitask.pascal.data import PascalContext
 from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
+from mtlora_lite.multitask.pascal.readers import IGNORE
 from mtlora_lite.multitask.pascal.transforms import IMAGENET_MEAN, IMAGENET_STD, Augment, warp
 
 cv2 = pytest.importorskip("cv2")

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 
 from mtlora_lite.multitask.evaluation import evaluate
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.pascal.data import IGNORE, TASKS, PascalContext
+from mtlora_lite.multitask.pascal.data import TASKS, PascalContext
 from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
+from mtlora_lite.multitask.pascal.readers import IGNORE
 from mtlora_lite.multitask.pascal.tasks import (
     LOSS_WEIGHTS,
     SaliencyMetric,

@@ -28,12 +28,12 @@ from mtlora_lite.multitask.pascal.data import (
     DOWNLOAD_URL,
     FOLDERS,
     TASKS,
-    BadFileError,
     load_sample,
     split_ids,
     split_path,
     task_files,
 )
+from mtlora_lite.multitask.pascal.readers import BadFileError
 
 
 @dataclass(frozen=True, order=True)

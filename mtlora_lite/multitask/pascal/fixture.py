@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from mtlora_lite.adapters.atomic import atomic_path
-from mtlora_lite.multitask.pascal.data import FOLDERS, IGNORE, PERSON, read_edges
+from mtlora_lite.multitask.pascal.data import FOLDERS
+from mtlora_lite.multitask.pascal.readers import IGNORE, PERSON, read_edges
 
 SIZES = ((60, 80), (72, 56), (64, 64), (56, 90))  # (H, W), non-square first
 CONTEXT = {"sky": 360, "wall": 440, "chair": 72, "person": 284}  # LabelMap ids (sky: no normals)

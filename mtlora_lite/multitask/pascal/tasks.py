@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlora_lite.multitask.pascal.data import IGNORE, NUM_SEMSEG, TASKS
+from mtlora_lite.multitask.pascal.data import TASKS
+from mtlora_lite.multitask.pascal.readers import IGNORE, NUM_SEMSEG
 from mtlora_lite.multitask.tasks import ConfusionMetric, NormalsMetric, Task, normals_loss
 
 NUM_CLASSES = {"semseg": NUM_SEMSEG, "human_parts": 7}

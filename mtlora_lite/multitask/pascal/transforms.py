@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlora_lite.multitask.pascal.data import IGNORE
+from mtlora_lite.multitask.pascal.readers import IGNORE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
