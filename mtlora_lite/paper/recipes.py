@@ -231,8 +231,9 @@ RUNS: dict[str, RunSpec] = {
             "shared_lora",
             options={"shared_rank": 32},
             about="our own variant, not the paper's LoRA row (which has no published "
-            "configuration): rank-32 LoRA on every linear layer of the frozen backbone plus "
-            "MTLoRA's trainable extras (patch embedding, norms, position tables, merging)",
+            "configuration): rank-32 LoRA on qkv, proj, fc1 and fc2 of every block of the frozen "
+            "backbone (MTLoRA without its task-specific modules) plus MTLoRA's trainable extras "
+            "(patch embedding, norms, position tables, patch-merging reductions)",
         ),
         *(
             RunSpec(
