@@ -39,7 +39,7 @@ bench: install
 	$(PY) benchmarks/bench.py --device $(DEVICE)
 
 paper: install
-	$(PY) -m mtlora_lite.multitask.paper --recipe $(RECIPE) --device $(DEVICE) $(if $(DATA),--data $(DATA))
+	$(PY) -m mtlora_lite.paper --recipe $(RECIPE) --device $(DEVICE) $(if $(DATA),--data $(DATA))
 
 # The GPU check (CUDA tests, the course's training runs, the benchmark; 500 s budget on one GPU):
 # benchmarks/README.md. gpu-check-dry runs the same parts on the CPU, small (a few minutes).

@@ -96,7 +96,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
                 "--nproc_per_node",
                 "2" if dry else "1",
                 "-m",
-                "mtlora_lite.multitask.paper",
+                "mtlora_lite.paper",
                 "--recipe",
                 "fixture",
                 "--device",

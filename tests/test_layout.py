@@ -46,8 +46,6 @@ def _imported_rooms(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("room", ROOMS)
 def test_imports_point_one_way(room: str) -> None:
-    if room == "paper" and not (PACKAGE / room).is_dir():
-        pytest.skip("the paper command still lives in mtlora_lite/multitask/paper/")
     modules = sorted((PACKAGE / room).rglob("*.py"))
     assert modules, f"mtlora_lite/{room}/ has no modules"
     broken = {

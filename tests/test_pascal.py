@@ -13,17 +13,22 @@ import torch
 from PIL import Image
 from scipy.io import loadmat
 
-from mtlora_lite.multitask.pascal.data import (
-    DOWNLOAD_URL,
+from mtlora_lite.multitask.pascal.data import DOWNLOAD_URL, MissingDataError, PascalContext
+from mtlora_lite.multitask.pascal.fixture import CONTEXT, PERSONS, SIZES, write_pascal_fixture
+from mtlora_lite.multitask.pascal.readers import (
     HUMAN_PARTS,
     IGNORE,
     NORMALS_CLASSES,
-    MissingDataError,
-    PascalContext,
+    has_person,
     read_edges,
 )
-from mtlora_lite.multitask.pascal.fixture import CONTEXT, SIZES, write_pascal_fixture
-from mtlora_lite.multitask.pascal.transforms import Augment, PascalTransform, warp
+from mtlora_lite.multitask.pascal.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Augment,
+    PascalTransform,
+    warp,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +85,24 @@ def test_semseg_prefers_voc12_and_parts_follow_the_persons(root: Path) -> None:
     assert 15 not in no_person["semseg"] and np.all(no_person["human_parts"] == IGNORE)
 
 
+def test_parts_alone_train_on_the_images_with_a_person(root: Path) -> None:
+    """The public loaders keep, when human parts is the only task, only the images whose
+    PASCAL-Part file has a person (class 15) with a non-empty mask; with other tasks, all."""
+    ids = [f"2008_{k + 1:06d}" for k in range(6)]
+    kinds = dict(zip(ids, PERSONS, strict=True))
+    assert [has_person(root / "human_parts" / f"{i}.mat") for i in ids] == [
+        kind in ("parts", "no parts") for kind in PERSONS
+    ]
+    alone = PascalContext(root, "train", tasks=("human_parts",))
+    assert [kinds[i] for i in alone.ids] == ["parts", "parts", "no parts"]  # no "none"
+    assert [kinds[i] for i in PascalContext(root, "val", ("human_parts",)).ids] == ["parts"]
+    assert len(PascalContext(root, "train", ("semseg", "human_parts"))) == 4
+    assert len(PascalContext(root, "train", ("human_parts",), person_only=False)) == 4
+    assert len(PascalContext(root, "train", ("semseg",), person_only=True)) == 3
+    unannotated = alone[alone.ids.index(ids[3])]["human_parts"]  # a person without parts
+    assert (unannotated == IGNORE).all()
+
+
 def test_missing_parts_of_the_archive_name_themselves_and_the_download(
     root: Path, tmp_path: Path
 ) -> None:
@@ -131,51 +154,124 @@ def _radial(size: int) -> dict[str, np.ndarray]:
     return {"image": image, "semseg": right, "sal": right, "normals": normals.astype(np.float32)}
 
 
-def test_flip_mirrors_every_map_and_negates_the_normals_x(root: Path) -> None:
+def test_flip_comes_first_at_the_image_size_and_negates_the_normals_x(root: Path) -> None:
+    """The public loaders flip the full-size image and labels (exactly), negate normals' x,
+    and only then resize: the same as resizing a mirrored sample."""
     sample = PascalContext(root, "train")[1]  # non-square
-    image, plain = warp(sample, 40)
+    mirrored = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in sample.items()}
+    mirrored["normals"][..., 0] *= -1
+    image, plain = warp(mirrored, 40)
     flipped_image, flipped = warp(sample, 40, Augment(flip=True))
-    torch.testing.assert_close(flipped_image, image.flip(-1))
+    torch.testing.assert_close(flipped_image, image)
     for name in ("semseg", "human_parts", "sal"):
-        assert torch.equal(flipped[name], plain[name].flip(-1))
-    mirrored = plain["normals"].flip(-1)
-    mirrored[0] = -mirrored[0]
-    torch.testing.assert_close(flipped["normals"], mirrored)
+        assert torch.equal(flipped[name], plain[name])
+    torch.testing.assert_close(flipped["normals"], plain["normals"])
+
+
+def _inside(sample: dict[str, np.ndarray], size: int, aug: Augment, margin: int) -> torch.Tensor:
+    """(S, S) bool: output pixels that read the image, ``margin`` pixels or more from outside."""
+    ones = {"image": sample["image"], "edge": np.ones(sample["image"].shape[:2], np.uint8)}
+    inside = warp(ones, size, aug)[1]["edge"][None, None]
+    return -torch.nn.functional.max_pool2d(-inside, 2 * margin + 1, 1, margin)[0, 0] > 0
 
 
 def test_rotation_turns_the_normals_with_the_pixels() -> None:
     sample = _radial(64)
     for angle in (20.0, -20.0):
-        _, targets = warp(sample, 64, Augment(angle=angle, scale=0.9))
+        aug = Augment(angle=angle, scale=0.9)
+        _, targets = warp(sample, 64, aug)
         n = targets["normals"]
         c = torch.arange(64) + 0.5 - 32
         y, x = torch.meshgrid(c, c, indexing="ij")
-        far = (x**2 + y**2 > 10**2) & (n.norm(dim=0) > 0)
+        far = (x**2 + y**2 > 10**2) & _inside(sample, 64, aug, margin=2)
         # a radial field stays radial only if vectors turn exactly as the pixels do
         cos = (n[0] * x + n[1] * y) / (n[:2].norm(dim=0) * (x**2 + y**2).sqrt())
         assert cos[far].min() > math.cos(math.radians(4))
         assert torch.allclose(n.norm(dim=0)[n.norm(dim=0) > 0], torch.tensor(1.0), atol=1e-5)
 
 
-def test_rotation_is_counter_clockwise_and_fills_ignore_outside() -> None:
+def test_rotation_is_counter_clockwise_about_opencvs_pivot() -> None:
     sample = _radial(32)
     _, targets = warp(sample, 32, Augment(angle=90.0))
     semseg, normals = targets["semseg"], targets["normals"]
     assert semseg[4, 16] == 1 and semseg[28, 16] == 0  # the right half went to the top
     assert normals[1, 2, 16] < -0.9 * normals[:2, 2, 16].norm()  # and its normals point up
-    _, tilted = warp(sample, 32, Augment(angle=45.0))
-    for name in ("semseg", "sal"):
-        assert tilted[name][0, 0] == IGNORE and tilted[name][16, 16] != IGNORE
-    assert tilted["normals"][:, 0, 0].abs().sum() == 0  # invalid outside the image
+    # getRotationMatrix2D((W / 2, H / 2), ...) turns about pixel index (2, 2) of a 4 x 4 map:
+    # the pixel one to its right (index x 3, y 2) goes one above it (x 2, y 1)
+    dot = np.zeros((4, 4), np.uint8)
+    dot[2, 3] = 1
+    marked = {"image": np.zeros((4, 4, 3), np.uint8), "semseg": dot}
+    turned = warp(marked, 4, Augment(angle=90.0))[1]["semseg"]
+    assert turned.nonzero().tolist() == [[1, 2]]
 
 
-def test_scale_zooms_about_the_centre_and_keeps_the_vectors() -> None:
+def test_pixels_from_outside_the_image_are_zero_as_warpaffine_fills_them() -> None:
+    """OpenCV's warpAffine fills with 0: background in semseg and parts, not salient, zero
+    (invalid) normals, a black image; nothing outside is ignored (255)."""
+    sample = _radial(32)
+    sample["human_parts"] = (sample["semseg"] * 3).astype(np.uint8)  # a part on the right
+    image, tilted = warp(sample, 32, Augment(angle=45.0))
+    for name in ("semseg", "sal", "human_parts"):
+        assert tilted[name][0, 0] == 0 and (tilted[name] != IGNORE).all()
+        assert tilted[name][16, 20] != 0  # the right half is still there
+    assert tilted["normals"][:, 0, 0].abs().sum() == 0
+    black = (torch.zeros(3) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(image[:, 0, 0], black)
+
+
+def test_parts_without_a_part_in_view_after_the_warp_are_ignored() -> None:
+    """The loaders' AddIgnoreRegions runs after the warp: a parts map that is all background
+    then (here the person left the frame) is ignored as a whole."""
+    sample = _radial(32)
+    parts = np.zeros((32, 32), np.uint8)
+    parts[:3, :3] = 2  # a torso in the top-left corner
+    sample["human_parts"] = parts
+    _, kept = warp(sample, 32)
+    assert set(kept["human_parts"].unique().tolist()) == {0, 2}  # background stays background
+    _, zoomed = warp(sample, 32, Augment(scale=1.25))  # the corner leaves the frame
+    assert (zoomed["human_parts"] == IGNORE).all()
+    _, smaller = warp(sample, 32, Augment(scale=0.8))  # zoomed out: the torso stays in view
+    assert set(smaller["human_parts"].unique().tolist()) == {0, 2}
+
+
+def test_normals_are_bicubic_renormalised_and_invalid_only_where_zero() -> None:
+    """As the loaders: bicubic resampling, unit length after it, and invalid (255 there, zero
+    here) only where the resampled vector is exactly zero, so pixels next to a valid region
+    count; the kernel's negative lobe even turns the ring just beyond it round."""
+    normals = np.zeros((8, 8, 3), np.float32)
+    normals[:, :4] = (0.6, 0.0, 0.8)  # valid left half, invalid right half
+    sample = {"image": np.zeros((8, 8, 3), np.uint8), "normals": normals}
+    n = warp(sample, 32)[1]["normals"]  # 4x upsampling
+    norm = n.norm(dim=0)
+    assert torch.allclose(norm[norm > 0], torch.tensor(1.0), atol=1e-6)
+    valid_columns = (norm > 0).all(0).nonzero().flatten().tolist()
+    assert valid_columns == list(range(22))  # 16 columns of the left half, 6 within reach
+    torch.testing.assert_close(n[:, 5, 10], torch.tensor([0.6, 0.0, 0.8]))
+    assert (n[0, :, 18:22] < 0).all()  # the negative lobe: renormalised, pointing away
+
+
+def test_the_image_is_resampled_bicubically_in_whole_grey_levels() -> None:
+    """The loaders resize the image with bicubic interpolation (the border replicated) and cast
+    it to uint8, which truncates."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    image, _ = warp({"image": pixels}, 20)
+    grey = (
+        image * torch.tensor(IMAGENET_STD)[:, None, None]
+        + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    )
+    source = torch.from_numpy(pixels).permute(2, 0, 1).float()[None]
+    bicubic = torch.nn.functional.interpolate(source, (20, 20), mode="bicubic")[0]
+    torch.testing.assert_close(grey * 255, bicubic.clamp(0, 255).floor(), atol=1e-3, rtol=0)
+
+
+def test_scale_zooms_about_the_pivot_and_keeps_the_vectors() -> None:
     sample = _radial(32)
     _, plain = warp(sample, 32)
     _, zoomed = warp(sample, 32, Augment(scale=2.0))
-    assert torch.equal(zoomed["semseg"][8:24, 8:24][::2, ::2], plain["semseg"][12:20, 12:20])
-    centre = zoomed["normals"][:, 15, 20]
-    torch.testing.assert_close(centre, plain["normals"][:, 15, 18], atol=0.05, rtol=0)
+    # output index i reads source index 16 + (i - 16) / 2 about the pivot (index 16)
+    assert torch.equal(zoomed["semseg"][::2, ::2], plain["semseg"][8:24, 8:24])
+    torch.testing.assert_close(zoomed["normals"][:, 16, 20], plain["normals"][:, 16, 18])
 
 
 def test_training_transform_draws_within_the_recipe_ranges() -> None:

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 
 from mtlora_lite.multitask.evaluation import evaluate
 from mtlora_lite.multitask.models import build_model
-from mtlora_lite.multitask.pascal.data import IGNORE, TASKS, PascalContext
+from mtlora_lite.multitask.pascal.data import TASKS, PascalContext
 from mtlora_lite.multitask.pascal.fixture import write_pascal_fixture
+from mtlora_lite.multitask.pascal.readers import IGNORE
 from mtlora_lite.multitask.pascal.tasks import (
     LOSS_WEIGHTS,
     SaliencyMetric,
@@ -136,7 +137,7 @@ def test_merged_metrics_equal_one_metric_over_all_batches(factory) -> None:
 
 
 def test_one_mtlora_step_on_the_fixture_with_a_random_swin(tmp_path) -> None:
-    root = write_pascal_fixture(tmp_path / "PASCAL_MT", n=4)
+    root = write_pascal_fixture(tmp_path / "PASCAL_MT", n=6)
     train = PascalContext(root, "train", transform=PascalTransform(32, train=True))
     val = PascalContext(root, "val", transform=PascalTransform(32))
     swin = timm.create_model(

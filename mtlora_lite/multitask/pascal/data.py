@@ -11,15 +11,15 @@ The package never downloads it. Extracted, it holds (``<id>`` as in ``2008_00000
     ImageSets/Context/{train,val}.txt        ids, one a line: 4,998 train / 5,105 val
     semseg/VOC12/<id>.png, else              21 classes (0 = background), 255 = ignore
       semseg/pascal-context/<id>.png
-    human_parts/<id>.mat                     PASCAL-Part ``anno`` struct (``read_human_parts``)
+    human_parts/<id>.mat                     PASCAL-Part ``anno`` struct
     sal_distill/<id>.png                     saliency, grey levels: /255 > 0.5 is salient
     normals_distill/<id>.png                 RGB normals, n = 2 c / 255 - 1
     pascal-context/trainval/<id>.mat         ``LabelMap`` (459 PASCAL-Context classes): which
                                              pixels have normals, and the optional edges
 
-``PascalContext(root, split, tasks, transform)`` yields one sample per id: without a transform a
-dict of numpy arrays at the image's own size (``load_sample``), with
-``pascal.transforms.PascalTransform`` the tensors a model trains on.
+Each format has its reader in ``pascal.readers``. ``PascalContext(root, split, tasks, transform)``
+yields one sample per id: without a transform a dict of numpy arrays at the image's own size
+(``load_sample``), with ``pascal.transforms.PascalTransform`` the tensors a model trains on.
 """
 
 from __future__ import annotations
@@ -29,44 +29,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
+
+from mtlora_lite.multitask.pascal.readers import (
+    BadFileError,
+    has_person,
+    read_edges,
+    read_human_parts,
+    read_image,
+    read_labelmap,
+    read_normals,
+    read_saliency,
+    read_semseg,
+)
 
 DOWNLOAD_URL = "https://data.vision.ee.ethz.ch/kmaninis/share/MTL/PASCAL_MT.tgz"
 LABELS = ("semseg", "human_parts", "sal", "normals", "edge")  # what a sample can hold
 TASKS = ("semseg", "human_parts", "sal", "normals")  # the benchmark's four (MTLoRA's)
-IGNORE = 255  # label value of pixels without ground truth
-PERSON = 15  # PASCAL VOC class index of "person" in the PASCAL-Part objects
-
-# PASCAL-Part part names -> the six human parts of the benchmark (0 is background)
-HUMAN_PARTS = {
-    **dict.fromkeys(
-        ["hair", "head", "lear", "rear", "lebrow", "rebrow", "leye", "reye", "mouth", "nose"], 1
-    ),
-    **dict.fromkeys(["neck", "torso"], 2),
-    **dict.fromkeys(["luarm", "ruarm"], 3),
-    **dict.fromkeys(["llarm", "rlarm", "lhand", "rhand"], 4),
-    **dict.fromkeys(["luleg", "ruleg"], 5),
-    **dict.fromkeys(["llleg", "rlleg", "lfoot", "rfoot"], 6),
-}
-
-# The ``LabelMap`` classes (PASCAL-Context ids, 1..459) whose pixels have distilled normals: the
-# PASCAL-Context class names that NYUv2's class list also has ("unknown" excluded), plus tvmonitor
-# (427). The public loaders compute this from nyu_classes.json and context_classes.json; this is
-# that list, checked against both files.
-# fmt: off
-NORMALS_CLASSES = frozenset({
-    3, 4, 6, 9, 10, 11, 13, 15, 17, 18, 22, 23, 29, 30, 33, 34, 36, 37, 38, 39, 41, 43, 46, 49,
-    50, 51, 53, 55, 56, 59, 61, 62, 65, 66, 68, 69, 72, 73, 78, 83, 84, 85, 87, 88, 95, 96, 101,
-    104, 105, 107, 111, 113, 115, 122, 124, 135, 141, 142, 143, 146, 150, 154, 157, 158, 159, 165,
-    172, 174, 181, 183, 184, 191, 193, 195, 197, 199, 202, 213, 215, 216, 219, 220, 223, 225, 228,
-    230, 232, 233, 238, 239, 242, 243, 246, 250, 251, 252, 255, 260, 261, 263, 269, 272, 273, 275,
-    281, 283, 284, 285, 286, 287, 288, 290, 291, 292, 293, 295, 304, 307, 309, 310, 314, 315, 319,
-    323, 329, 330, 331, 336, 342, 345, 349, 350, 351, 352, 355, 357, 368, 370, 371, 374, 379, 380,
-    383, 384, 397, 401, 403, 405, 407, 408, 411, 412, 413, 414, 417, 419, 421, 423, 427, 429, 430,
-    432, 440, 441, 442, 443, 444, 446, 454, 457
-})
-# fmt: on
 
 # where each task's files live, relative to the archive root
 FOLDERS = {
@@ -115,114 +94,80 @@ def task_files(root: Path, image_id: str, tasks: Sequence[str]) -> dict[str, Pat
     return files
 
 
-def _png(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im)
-
-
-def _loadmat(path: Path) -> dict[str, Any]:
-    from scipy.io import loadmat  # scipy only where .mat files are read
-
-    return loadmat(str(path))
-
-
-def read_image(path: Path) -> np.ndarray:
-    """A JPEG as uint8 (H, W, 3) RGB."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def read_human_parts(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Human-part labels uint8 (H, W) from a PASCAL-Part ``.mat``: 0 background, 1..6 the parts
-    of ``HUMAN_PARTS``; all ``IGNORE`` if no person of the image has annotated parts.
-
-    ``scipy.io.loadmat`` gives ``anno`` as a (1, 1) struct whose field 1 ("objects") is a (1, N)
-    struct array; each object holds (class name, class index [[k]], instance mask, parts), and
-    its parts (empty when the object has none) are (1, P) structs of (part name, mask). We index
-    the fields by position, as the public loaders do.
-    """
-    labels = np.zeros(shape, dtype=np.uint8)
-    for obj in _loadmat(path)["anno"][0, 0][1][0]:
-        if int(obj[1][0, 0]) != PERSON or len(obj[3]) == 0:
-            continue
-        for part in obj[3][0]:
-            name = str(part[0][0])
-            if name not in HUMAN_PARTS:
-                raise ValueError(
-                    f"{path}: unknown PASCAL-Part part {name!r}; known parts: {sorted(HUMAN_PARTS)}"
-                )
-            mask = part[1].astype(bool)
-            if mask.shape != shape:
-                raise ValueError(f"{path}: part mask {mask.shape} but the image is {shape}")
-            labels[mask] = HUMAN_PARTS[name]
-    return labels if labels.any() else np.full(shape, IGNORE, dtype=np.uint8)
-
-
-def read_saliency(path: Path) -> np.ndarray:
-    """Saliency uint8 (H, W) in {0, 1}: grey level / 255 > 0.5."""
-    return (_png(path).astype(np.float32) / 255 > 0.5).astype(np.uint8)
-
-
-def read_normals(path: Path, labelmap: np.ndarray) -> np.ndarray:
-    """Normals float32 (H, W, 3), n = 2 c / 255 - 1, zero (invalid) outside the ``LabelMap``
-    classes of ``NORMALS_CLASSES``. Axes: x to the right, y down the rows (as the augmentation
-    of the public loaders assumes), z the third channel."""
-    rgb = _png(path)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"{path}: normals must be an RGB PNG, got an array of {rgb.shape}")
-    normals = 2 * rgb.astype(np.float32) / 255 - 1
-    valid = np.isin(labelmap, list(NORMALS_CLASSES))
-    return normals * valid[..., None]
-
-
-def read_edges(labelmap: np.ndarray) -> np.ndarray:
-    """Edges uint8 (H, W) in {0, 1}: pixels with a 4-neighbour of another ``LabelMap`` class.
-    (The public loaders also thin these to one pixel with scikit-image; we do not.)"""
-    edge = np.zeros(labelmap.shape, dtype=bool)
-    dx = labelmap[:, 1:] != labelmap[:, :-1]
-    dy = labelmap[1:] != labelmap[:-1]
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    edge[1:] |= dy
-    edge[:-1] |= dy
-    return edge.astype(np.uint8)
+def _fits(
+    value: np.ndarray, files: dict[str, Path], name: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    """``value`` (read from ``files[name]``) if its size is ``shape``, its image's (H, W)."""
+    (h, w), (ih, iw) = value.shape[:2], shape
+    if (h, w) != (ih, iw):
+        image = files["image"].name
+        raise BadFileError(files[name], f"{w} x {h} pixels, but its image {image} is {iw} x {ih}")
+    return value
 
 
 def load_sample(root: Path, image_id: str, tasks: Sequence[str]) -> dict[str, np.ndarray]:
     """One sample at the image's size: "image" uint8 (H, W, 3) and, per task, "semseg" /
     "human_parts" uint8 (H, W) with 255 = ignore, "sal" / "edge" uint8 (H, W) in {0, 1},
-    "normals" float32 (H, W, 3) (zero = invalid)."""
+    "normals" float32 (H, W, 3) (zero = invalid). ``BadFileError`` names a file that cannot be
+    read, holds what it should not, or has another size than its image."""
     files = task_files(root, image_id, tasks)
     image = read_image(files["image"])
     shape = image.shape[:2]
     sample = {"image": image}
-    labelmap = _loadmat(files["labelmap"])["LabelMap"] if "labelmap" in files else None
+    labelmap = None
+    if "labelmap" in files:
+        labelmap = _fits(read_labelmap(files["labelmap"]), files, "labelmap", shape)
     for task in tasks:
         if task == "semseg":
-            sample[task] = _png(files[task]).astype(np.uint8)
+            sample[task] = _fits(read_semseg(files[task]), files, task, shape)
         elif task == "human_parts":
-            sample[task] = read_human_parts(files[task], shape)
+            sample[task] = read_human_parts(files[task], shape)  # checks its masks' size
         elif task == "sal":
-            sample[task] = read_saliency(files[task])
+            sample[task] = _fits(read_saliency(files[task]), files, task, shape)
         elif task == "normals":
-            sample[task] = read_normals(files[task], labelmap)
+            sample[task] = read_normals(files[task], labelmap)  # checks against the LabelMap
         elif task == "edge":
             sample[task] = read_edges(labelmap)
-    wrong = {k: v.shape[:2] for k, v in sample.items() if v.shape[:2] != shape}
-    if wrong:
-        raise ValueError(f"{image_id}: labels {wrong} differ from the image's size {shape}")
     return sample
 
 
-def read_split(root: str | Path, split: str) -> list[str]:
-    """The ids of ``ImageSets/Context/<split>.txt`` (``MissingDataError`` if it is missing)."""
+def split_ids(path: Path) -> list[str]:
+    """The ids of an id list, one a line (blank lines and surrounding spaces skipped);
+    ``BadFileError`` if it is not plain UTF-8 without a byte-order mark, or an id is not made of
+    letters, digits and underscores (as ``2008_000002``)."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise BadFileError(
+            path, "starts with a UTF-8 byte-order mark (BOM): save it as UTF-8 without BOM"
+        )
+    try:
+        lines = raw.decode().splitlines()
+    except UnicodeDecodeError as err:
+        raise BadFileError(path, f"is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    ids = [(k, line.strip()) for k, line in enumerate(lines, 1) if line.strip()]
+    odd = [
+        f"line {k}: {i!r}" for k, i in ids if not i.replace("_", "").isalnum() or not i.isascii()
+    ]
+    if odd:
+        raise BadFileError(path, f"ids must be letters, digits and '_': {', '.join(odd[:5])}")
+    return [i for _, i in ids]
+
+
+def split_path(root: str | Path, split: str) -> Path:
+    """``ImageSets/Context/<split>.txt`` of ``root``; ``MissingDataError`` if the archive or the
+    id list is missing."""
     root = Path(root)
     if not (root / FOLDERS["image"]).is_dir():
         raise missing(root / FOLDERS["image"], root, " (is this the extracted PASCAL_MT folder?)")
     path = root / FOLDERS["split"] / f"{split}.txt"
     if not path.is_file():
         raise missing(path, root, f" (the id list of split {split!r}: 'train' or 'val')")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return path
+
+
+def read_split(root: str | Path, split: str) -> list[str]:
+    """The ids of ``ImageSets/Context/<split>.txt`` (``split_path``, ``split_ids``)."""
+    return split_ids(split_path(root, split))
 
 
 class PascalContext(Dataset):
@@ -233,6 +178,9 @@ class PascalContext(Dataset):
         split: "train" (4,998 images) or "val" (5,105).
         tasks: labels to load, from ``LABELS`` (default: the benchmark's four, ``TASKS``).
         transform: applied to each ``load_sample`` dict, e.g. ``PascalTransform(448, train=True)``.
+        person_only: keep only the images with a person (``has_person``). Default (None): as the
+            public loaders, exactly when human parts is the only task, so that a single-task
+            human-parts model trains on images that have its labels.
 
     Every file is checked when the dataset is made: ``MissingDataError`` names the first missing
     ones and says where to download the archive.
@@ -244,6 +192,7 @@ class PascalContext(Dataset):
         split: str = "train",
         tasks: Sequence[str] = TASKS,
         transform: Callable[[dict[str, np.ndarray]], Any] | None = None,
+        person_only: bool | None = None,
     ) -> None:
         unknown = sorted(set(tasks) - set(LABELS))
         if unknown or not tasks:
@@ -264,6 +213,13 @@ class PascalContext(Dataset):
             raise missing(
                 absent[0], self.root, f" ({len(absent)} files missing in all, under {folders[:3]})"
             )
+        if person_only is None:
+            person_only = self.tasks == ("human_parts",)
+        if person_only:
+            parts = self.root / FOLDERS["human_parts"]
+            self.ids = [i for i in self.ids if has_person(parts / f"{i}.mat")]
+            if not self.ids:
+                raise ValueError(f"no image of split {split!r} under {self.root} has a person")
 
     def __len__(self) -> int:
         return len(self.ids)

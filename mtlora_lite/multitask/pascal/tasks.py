@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlora_lite.multitask.pascal.data import IGNORE, TASKS
+from mtlora_lite.multitask.pascal.data import TASKS
+from mtlora_lite.multitask.pascal.readers import IGNORE, NUM_SEMSEG
 from mtlora_lite.multitask.tasks import ConfusionMetric, NormalsMetric, Task, normals_loss
 
-NUM_CLASSES = {"semseg": 21, "human_parts": 7}
+NUM_CLASSES = {"semseg": NUM_SEMSEG, "human_parts": 7}
 LOSS_WEIGHTS = {"semseg": 1.0, "human_parts": 2.0, "sal": 5.0, "normals": 10.0}
 SALIENCY_THRESHOLDS = torch.linspace(0.2, 0.9, 15)
 
