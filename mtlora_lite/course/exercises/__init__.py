@@ -36,8 +36,7 @@ learner would, checks, hints); ``core`` holds the framework.
 
 from __future__ import annotations
 
-import importlib
-
+from mtlora_lite.course.exercises import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb07
 from mtlora_lite.course.exercises.core import (
     Exercise,
     ExerciseSet,
@@ -46,7 +45,17 @@ from mtlora_lite.course.exercises.core import (
     Wrong,
 )
 
-NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06", "07")
+_BY_NOTEBOOK = {
+    "00": nb00,
+    "01": nb01,
+    "02": nb02,
+    "03": nb03,
+    "04": nb04,
+    "05": nb05,
+    "06": nb06,
+    "07": nb07,
+}
+NOTEBOOKS = tuple(_BY_NOTEBOOK)
 
 
 def load_exercises(notebook: str, solutions: bool = False) -> ExerciseSet:
@@ -56,8 +65,7 @@ def load_exercises(notebook: str, solutions: bool = False) -> ExerciseSet:
     key = str(notebook)[:2]
     if key not in NOTEBOOKS:
         raise ValueError(f"no exercises for notebook {notebook!r}; notebooks are {NOTEBOOKS}")
-    module = importlib.import_module(f"mtlora_lite.course.exercises.nb{key}")
-    return ExerciseSet(key, module.EXERCISES, solutions=bool(solutions))
+    return ExerciseSet(key, _BY_NOTEBOOK[key].EXERCISES, solutions=bool(solutions))
 
 
 __all__ = [
