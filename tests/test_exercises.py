@@ -566,21 +566,29 @@ def test_merge_lora_and_peft_config_match_the_package(tmp_path) -> None:
 
 
 def test_rotating_a_normal_map_is_what_the_pascal_augmentation_does() -> None:
+    """The augmentation turns pixels and vectors as the exercise does, about OpenCV's pivot
+    (pixel index W / 2, H / 2), half a pixel off the centre: a quarter turn about it is the
+    exercise's turn about the centre, shifted by s = (R - I) (1/2, 1/2) pixels (one pixel), with
+    the row or column that comes from outside the image left out of the comparison."""
     import numpy as np
 
-    from mtlora_lite.multitask.pascal.transforms import Augment, warp
+    from mtlora_lite.multitask.pascal.transforms import PIVOT_SHIFT, Augment, warp
 
-    normals = nb07._normal_map(6, 6)  # (3, H, W) unit vectors
+    size = 6
+    normals = nb07._normal_map(size, size)  # (3, H, W) unit vectors
     sample = {
-        "image": np.zeros((6, 6, 3), np.uint8),
+        "image": np.zeros((size, size, 3), np.uint8),
         "normals": normals.permute(1, 2, 0).numpy(),
     }
     for angle, k in ((90.0, 1), (180.0, 2), (-90.0, 3)):
-        _, targets = warp(sample, 6, Augment(angle=angle))
-        torch.testing.assert_close(
-            nb07.rotate_normal_map(normals, k), targets["normals"], atol=1e-4, rtol=1e-4
-        )
-    _, flipped = warp(sample, 6, Augment(flip=True))
+        aug = Augment(angle=angle)
+        _, targets = warp(sample, size, aug)
+        sx, sy = ((aug.rotation() - torch.eye(2)) @ torch.full((2,), PIVOT_SHIFT)).round().int()
+        ours = nb07.rotate_normal_map(normals, k)  # out[y, x] == ours[y + sy, x + sx]
+        rows, cols = slice(max(0, -sy), size - max(0, sy)), slice(max(0, -sx), size - max(0, sx))
+        moved = ours[:, max(0, sy) : size + min(0, sy), max(0, sx) : size + min(0, sx)]
+        torch.testing.assert_close(targets["normals"][:, rows, cols], moved, atol=1e-4, rtol=1e-4)
+    _, flipped = warp(sample, size, Augment(flip=True))
     torch.testing.assert_close(nb07.flip_normals(normals), flipped["normals"], atol=1e-5, rtol=1e-5)
 
 
