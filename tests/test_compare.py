@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mtlora_lite.course.compare import mean_std, paired
+from mtlora_lite.course.compare import mean_std, paired, shift
 
 
 def test_a_method_that_wins_on_every_seed_by_more_than_the_spread_is_better():
@@ -57,3 +57,11 @@ def test_mean_std():
     assert mean_std([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2)))
     with pytest.raises(ValueError):
         mean_std([])
+
+
+def test_shift_words_a_difference_without_better_or_worse():
+    v = paired({0: 1.2, 1: 1.1, 2: 1.0}, {0: 1.0, 1: 1.0, 2: 1.05}, unit="nats")
+    assert shift(v) == "higher on 2 of 3 seeds, by 0.08 ± 0.13 nats"
+    v = paired([7.6, 7.7], [14.9, 15.0], unit="")
+    assert shift(v, digits=1) == "lower on 2 of 2 seeds, by 7.3 ± 0.0"
+    assert shift(paired([0.5], [0.4])).startswith("higher on 1 of 1 seed, by 0.10")

@@ -197,6 +197,38 @@ def test_lr_method_tasks_and_seed_are_checked_before_training(fake_fit: FakeFit)
     assert fake_fit.calls[-1]["seed"] == 1
 
 
+def test_mixture_stages_choose_the_adapted_blocks_and_spectra_are_recorded(
+    tmp_path: Path, fake_fit: FakeFit
+) -> None:
+    def run(adapter: str = "multihead", **kw: object) -> RunResult:
+        return run_mixture(
+            adapter, profile="smoke", device="cpu", cache_dir=tmp_path, progress=False, **kw
+        )
+
+    late = run(n_heads=2, rank=2, init="rlora", stages=(3, 2))
+    assert late.options["stages"] == [2, 3]
+    spectra = late.extras["spectra"]
+    assert len(spectra) == 4 * (4 + 2)  # qkv / proj / fc1 / fc2 of the 4 + 2 blocks of stages 2, 3
+    assert all(".layers.2.blocks." in k or ".layers.3.blocks." in k for k in spectra)
+    assert set(spectra) == set(late.extras["router"])
+    for sp in spectra.values():  # n r = 4 head directions; the update r = 2, plus R-LoRA's offset
+        assert len(sp["heads"]) == 4 and len(sp["update"]) == 4
+        assert sp["heads"] == sorted(sp["heads"], reverse=True) and min(sp["heads"]) >= 0
+    assert run(n_heads=2, rank=2, init="rlora", stages=[2, 3, 3]).cached  # the same stages
+    every = run(n_heads=2, rank=2, init="rlora")
+    assert not every.cached and "stages" not in every.options  # keys of earlier runs unchanged
+    assert len(every.extras["spectra"]) == 4 * (2 + 2 + 4 + 2)
+    lora = run("lora", n_heads=1, rank=3, stages=(3,))
+    assert lora.options == {"rank": 3, "dropout": 0.05, "stages": [3]}
+    assert [len(sp["heads"]) for sp in lora.extras["spectra"].values()] == [3] * 8
+    assert all(sp["heads"] == sp["update"] for sp in lora.extras["spectra"].values())
+    calls = len(fake_fit.calls)
+    for bad in ((), (4,), (-1,), (True,), (2.0,), "23"):
+        with pytest.raises(ValueError, match=r"stages must be stage indices in 0-3.*None"):
+            run(stages=bad)
+    assert len(fake_fit.calls) == calls  # refused before anything trains
+
+
 def test_options_of_any_number_type_are_cached_like_plain_ones(
     tmp_path: Path, fake_fit: FakeFit
 ) -> None:

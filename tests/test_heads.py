@@ -16,10 +16,26 @@ from mtlora_lite.adapters.head_plots import (
     plot_head_similarity_curves,
     split_layer_name,
 )
-from mtlora_lite.adapters.heads import head_cosine_matrix, head_similarity, router_statistics
+from mtlora_lite.adapters.heads import (
+    adapter_spectra,
+    collapsed_head,
+    effective_rank,
+    head_cosine_matrix,
+    head_similarity,
+    head_spectra,
+    router_statistics,
+)
+from mtlora_lite.adapters.lora import LoRALinear
 from mtlora_lite.adapters.multihead import MultiHeadLoRALinear, inject_multihead_lora
 from mtlora_lite.course import plots as course_plots
-from mtlora_lite.course.plots import plot_per_task_accuracy
+from mtlora_lite.course.compare import paired
+from mtlora_lite.course.plots import (
+    plot_head_spectra,
+    plot_paired_gains,
+    plot_per_task_accuracy,
+    plot_router_collapse,
+    plot_seed_scatter,
+)
 from mtlora_lite.multitask.history import HeadSimilarityRecorder
 from mtlora_lite.multitask.train import fit
 
@@ -74,6 +90,81 @@ def test_zero_heads_single_head_and_centred_pairs() -> None:
     assert head_similarity(nn.Sequential(centred))["0"] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="no MultiHeadLoRALinear"):
         head_similarity(nn.Linear(2, 2))
+
+
+def test_effective_rank_counts_equal_directions() -> None:
+    assert effective_rank(torch.ones(5)) == pytest.approx(5.0)
+    assert effective_rank(torch.tensor([3.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert effective_rank(torch.tensor([2.0, 2.0, 0.0])) == pytest.approx(2.0)
+    assert effective_rank(7 * torch.tensor([2.0, 1.0])) == pytest.approx(
+        effective_rank(torch.tensor([2.0, 1.0]))
+    )
+    assert math.isnan(effective_rank(torch.zeros(3)))
+
+
+def _moved(m: MultiHeadLoRALinear) -> MultiHeadLoRALinear:
+    """``m`` with A and the heads moved away from their init (a stand-in for training)."""
+    with torch.no_grad():
+        m.lora_A.add_(0.3 * torch.randn_like(m.lora_A))
+        m.lora_B.add_(0.3 * torch.randn_like(m.lora_B))
+    return m
+
+
+@pytest.mark.parametrize(("init", "router"), [("hydra", True), ("rlora", True), ("rlora", False)])
+def test_head_spectra_equal_dense_svd(init: str, router: bool) -> None:
+    m = _moved(layer(n_heads=3, rank=2, d_in=9, d_out=7, init=init, router=router, alpha=3.0))
+    s, B, A = m.scaling, m.lora_B.detach().double(), m.lora_A.detach().double()
+    spectra = head_spectra(m)
+    stacked = torch.cat([s * B[:, i] @ A for i in range(3)], 1)  # (out, n in)
+    torch.testing.assert_close(spectra.heads, torch.linalg.svdvals(stacked)[:6])
+    update = s * B.sum(1) @ A / (3 if router else 1)
+    if m.offset_A is not None:  # R-LoRA's offset: rank up to 2 r
+        update = update - s * m.offset_B.double() @ m.offset_A.double()
+    k = len(spectra.update)
+    assert k == (4 if init == "rlora" else 2)
+    torch.testing.assert_close(spectra.update, torch.linalg.svdvals(update)[:k])
+    if not router:  # the router-free update is what merging folds in
+        torch.testing.assert_close(update, m.delta_weight().detach().double())
+
+
+def test_similar_heads_write_fewer_directions() -> None:
+    """n identical heads of rank r write r directions: the layer acts like a rank-r LoRA."""
+    m = _moved(layer(n_heads=4, rank=2, d_in=12, d_out=10, init="rlora"))
+    diverse = effective_rank(head_spectra(m).heads)
+    with torch.no_grad():
+        m.lora_B.copy_(m.lora_B[:, :1].expand_as(m.lora_B))  # every head = head 0
+    alike = head_spectra(m).heads
+    assert (alike[2:] < 1e-9).all() and effective_rank(alike) <= 2.0 + 1e-9
+    assert diverse > 2 * effective_rank(alike) - 1
+
+
+def test_lora_spectra_and_model_level() -> None:
+    torch.manual_seed(0)
+    lora = LoRALinear(nn.Linear(6, 5), rank=3, alpha=6.0)
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    spectra = head_spectra(lora)
+    expected = torch.linalg.svdvals(lora.delta_weight().detach().double())[:3]
+    torch.testing.assert_close(spectra.heads, expected)
+    torch.testing.assert_close(spectra.update, expected)
+    model = nn.Sequential(lora, layer(d_in=5, d_out=4))
+    assert list(adapter_spectra(model)) == ["0", "1"]
+    with pytest.raises(ValueError, match="inject_multihead_lora or inject_lora"):
+        adapter_spectra(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="MultiHeadLoRALinear or LoRALinear"):
+        head_spectra(nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+def test_collapsed_head_rule() -> None:
+    assert collapsed_head([0.02, 0.95, 0.03]) == 1
+    assert collapsed_head([0.9, 0.1]) == 0  # at the threshold counts
+    assert collapsed_head([0.25, 0.25, 0.25, 0.25]) is None
+    assert collapsed_head([0.8, 0.2]) is None
+    assert collapsed_head([0.8, 0.2], threshold=0.75) == 0
+    with pytest.raises(ValueError, match="threshold"):
+        collapsed_head([0.5, 0.5], threshold=0.5)  # two heads could pass it
+    with pytest.raises(ValueError, match="one mean routing weight per head"):
+        collapsed_head([])
 
 
 class Images(nn.Module):
@@ -220,3 +311,52 @@ def test_the_head_figures_are_the_librarys_and_exported() -> None:
     assert adapters.plot_head_similarity_curves is plot_head_similarity_curves
     assert mtlora_lite.plot_head_similarity is plot_head_similarity
     assert mtlora_lite.head_cosine_matrix is head_cosine_matrix
+
+
+def test_plots_of_collapse_spectra_and_paired_gains() -> None:
+    fig = plot_router_collapse(
+        {
+            "encoder.layers.2.blocks.0.attn.qkv": [0.4, 0.5],
+            "encoder.layers.3.blocks.1.mlp.fc2": [0.97, 0.95],
+        }
+    )
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2.0 attn.qkv", "3.1 mlp.fc2"]
+    colours = [tuple(c) for coll in ax.collections for c in coll.get_facecolors()]
+    assert len(colours) == 4 and len(set(colours[:2])) == 1 and colours[0] != colours[2]
+    with pytest.raises(ValueError, match="max_weight is empty"):
+        plot_router_collapse({})
+    fig = plot_head_spectra(
+        {"hydra": [4.0, 2.0, 0.1, 0.0], "rlora": [2.0, 1.9, 1.8, 1.7]},
+        {"hydra": {"heads": [2.1, 2.3], "update": [1.5, 1.6]}, "rlora": {"heads": [3.9, 3.8]}},
+        references={"r": 2, "n r": 4},
+        layer="fc1",
+    )
+    ax_sv, ax_er = fig.axes
+    assert ax_sv.lines[0].get_ydata()[0] == 1.0 and "fc1" in ax_sv.get_title()
+    assert len(ax_er.patches) == 4  # 2 variants x 2 measures (rlora's "update" is a NaN bar)
+    assert [t.get_text() for t in ax_er.get_legend().get_texts()] == ["heads", "update"]
+    verdicts = [
+        paired([50.0, 52.0, 49.0], [48.0, 50.0, 48.5], names=("R-LoRA", "HydraLoRA")),
+        paired([50.0, 47.0, 49.0], [48.0, 50.0, 48.5], names=("no router", "R-LoRA")),
+    ]
+    fig = plot_paired_gains(verdicts, title="gains")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == [
+        "no router vs R-LoRA (2 of 3 seeds higher)",
+        "R-LoRA vs HydraLoRA (3 of 3 seeds higher)",
+    ]
+    assert ax.patches[0].get_width() == pytest.approx(verdicts[0].mean)
+    with pytest.raises(ValueError, match="verdicts is empty"):
+        plot_paired_gains([])
+    fig = plot_seed_scatter(
+        {"a": [1.0, 2.0], "b": [3.0]}, {"a": [50.0, 52.0], "b": [49.0]}, "rank", "acc"
+    )
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "rank" and len(ax.lines) == 4  # dots and a mean cross per variant
+    assert ax.lines[1].get_xdata()[0] == 1.5 and ax.lines[1].get_ydata()[0] == 51.0
+    with pytest.raises(ValueError, match="one per seed"):
+        plot_seed_scatter({"a": [1.0]}, {"a": [1.0, 2.0]}, "x", "y")
+    for fig in (plot_router_collapse({"x": [0.5]}), plot_paired_gains(verdicts)):
+        fig.savefig(io.BytesIO(), format="png")  # renders without error

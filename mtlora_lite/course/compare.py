@@ -141,3 +141,15 @@ def paired(
     sign = 1.0 if higher_is_better else -1.0
     gains = {s: sign * (a_by_seed[s] - b_by_seed[s]) for s in seeds}
     return Paired(a=names[0], b=names[1], gains=gains, unit=unit)
+
+
+def shift(verdict: Paired, digits: int = 2) -> str:
+    """Words for a paired difference that is no "better" or "worse", such as an entropy or a
+    rank: "higher on 3 of 3 seeds, by 0.12 ± 0.03 nats", a's values against b's, seed by seed,
+    in the direction of the mean (for ``paired(a, b)`` with the default ``higher_is_better``)."""
+    side, agree = ("higher", verdict.wins) if verdict.mean >= 0 else ("lower", verdict.losses)
+    unit = f" {verdict.unit}" if verdict.unit else ""
+    return (
+        f"{side} on {agree} of {verdict.n} seed{'s' if verdict.n > 1 else ''}, by "
+        f"{abs(verdict.mean):.{digits}f} ± {verdict.std:.{digits}f}{unit}"
+    )

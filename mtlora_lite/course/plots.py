@@ -24,6 +24,8 @@ from mtlora_lite.adapters.head_plots import (  # noqa: F401 (the notebooks impor
     plot_head_similarity_curves,
     split_layer_name,
 )
+from mtlora_lite.adapters.heads import COLLAPSE_WEIGHT
+from mtlora_lite.course.compare import Paired
 from mtlora_lite.course.data import denormalize, mixture_class_names
 from mtlora_lite.course.scenes import (
     DENSE_LABELS,
@@ -148,5 +150,144 @@ def plot_per_task_accuracy(
     n_seeds = "/".join(str(s) for s in sorted(seeds))
     ax.set_title(title or f"Per-task {metric}: mean ± std over {n_seeds} seed(s)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_router_collapse(
+    max_weight: Mapping[str, Sequence[float]],
+    threshold: float = COLLAPSE_WEIGHT,
+    title: str = "Largest mean routing weight of each layer's router",
+) -> Figure:
+    """One column per adapted layer: ``{layer: [largest mean routing weight, per seed]}``.
+
+    Dots at or above the dashed ``threshold`` (the rule of ``adapters.heads.collapsed_head``) are
+    collapsed routers, drawn in red. Layer names are shortened to "stage.block module".
+    """
+    if not max_weight:
+        raise ValueError("max_weight is empty; pass {layer: [largest mean weight per seed]}")
+    layers = list(max_weight)
+    fig = Figure(figsize=(max(5.0, 0.3 * len(layers) + 1.5), 3.4), layout="constrained")
+    ax = fig.subplots()
+    for i, layer in enumerate(layers):
+        w = np.asarray(max_weight[layer], dtype=float)
+        ax.scatter(np.full(len(w), i), w, s=14, c=np.where(w >= threshold, "tab:red", "tab:blue"))
+    ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"collapse: {threshold:g}")
+    ax.set_xticks(range(len(layers)), [_short_layer(n) for n in layers], rotation=90, fontsize=6)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("adapted layer")
+    ax.set_ylabel("largest mean routing weight")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _short_layer(name: str) -> str:
+    """``"encoder.backbone.layers.2.blocks.3.mlp.fc1"`` -> ``"2.3 mlp.fc1"``."""
+    block, module = split_layer_name(name)
+    numbers = [p for p in block.split(".") if p.isdigit()]
+    return f"{'.'.join(numbers)} {module}".strip()
+
+
+def plot_head_spectra(
+    singular_values: Mapping[str, Sequence[float]],
+    effective_ranks: Mapping[str, Mapping[str, Sequence[float]]],
+    references: Mapping[str, float] | None = None,
+    layer: str = "",
+) -> Figure:
+    """What the heads can write, two panels.
+
+    Left: ``{variant: singular values}`` of one layer, each divided by its largest (a fast drop
+    means few directions). Right: ``{variant: {measure: [effective rank per seed]}}``, e.g.
+    measures "heads" and "update" of ``head_spectra``: a bar per measure at the mean, a dot per
+    seed. ``references`` draws dashed horizontal lines, e.g. ``{"r": 4, "n r": 16}``.
+    """
+    if not singular_values or not effective_ranks:
+        raise ValueError("pass singular values and effective ranks of at least one variant")
+    fig = Figure(figsize=(10.5, 3.6), layout="constrained")
+    ax_sv, ax_er = fig.subplots(1, 2, width_ratios=(1, 1.3))
+    for variant, values in singular_values.items():
+        s = np.asarray(values, dtype=float)
+        if s.size and s[0] > 0:
+            ax_sv.plot(np.arange(1, len(s) + 1), s / s[0], ".-", label=variant)
+    ax_sv.set_xlabel("index k of the singular value")
+    ax_sv.set_ylabel("singular value / largest")
+    ax_sv.set_title(
+        f"Singular values of the stacked heads{f', {layer}' if layer else ''}", fontsize=9
+    )
+    ax_sv.grid(alpha=0.3)
+    ax_sv.legend(fontsize=7)
+    variants = list(effective_ranks)
+    measures = list(dict.fromkeys(m for per in effective_ranks.values() for m in per))
+    width = 0.8 / max(len(measures), 1)
+    for k, measure in enumerate(measures):
+        x = np.arange(len(variants)) + (k - (len(measures) - 1) / 2) * width
+        runs = [
+            np.asarray(effective_ranks[v].get(measure, [np.nan]), dtype=float) for v in variants
+        ]
+        means = [r[np.isfinite(r)].mean() if np.isfinite(r).any() else np.nan for r in runs]
+        ax_er.bar(x, means, width, label=measure, alpha=0.8)
+        for xi, r in zip(x, runs, strict=True):
+            ax_er.plot(np.full(len(r), xi), r, ".", color="black", markersize=3)
+    for i, (label, value) in enumerate((references or {}).items()):
+        ax_er.axhline(value, color="grey", ls="--" if i % 2 == 0 else ":", lw=1)
+        ax_er.annotate(label, (len(variants) - 0.5, value), fontsize=7, va="bottom", ha="right")
+    ax_er.set_xticks(range(len(variants)), variants, rotation=20, ha="right", fontsize=7)
+    ax_er.set_ylabel("effective rank (mean over layers)")
+    ax_er.set_title("Effective rank: bars mean over seeds, dots single seeds", fontsize=9)
+    ax_er.grid(axis="y", alpha=0.3)
+    ax_er.legend(fontsize=7)
+    return fig
+
+
+def plot_paired_gains(verdicts: Sequence[Paired], title: str = "Paired differences") -> Figure:
+    """One row per comparison (``course.compare.paired``): a dot per seed at the gain of A over
+    B, a bar at their mean; green if A is better on every seed beyond the spread, red if worse,
+    grey within noise. The row label says "A vs B" and the verdict's counts."""
+    if not verdicts:
+        raise ValueError("verdicts is empty; pass paired(...) results")
+    colour = {"better": "tab:green", "worse": "tab:red", "within noise": "tab:grey"}
+    fig = Figure(figsize=(7.5, 0.9 + 0.42 * len(verdicts)), layout="constrained")
+    ax = fig.subplots()
+    for i, v in enumerate(verdicts):
+        y = len(verdicts) - 1 - i
+        gains = list(v.gains.values())
+        ax.barh(y, v.mean, height=0.6, color=colour[v.outcome], alpha=0.35)
+        ax.plot(gains, np.full(len(gains), y), "o", color=colour[v.outcome], markersize=4)
+    ax.axvline(0, color="black", lw=0.8)
+    labels = [f"{v.a} vs {v.b} ({v.wins} of {v.n} seeds higher)" for v in verdicts]
+    ax.set_yticks(range(len(verdicts)), labels[::-1], fontsize=7)
+    unit = verdicts[0].unit
+    ax.set_xlabel(f"gain of the first over the second ({unit}); dots: seeds, bar: mean")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_seed_scatter(
+    x: Mapping[str, Sequence[float]],
+    y: Mapping[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Figure:
+    """One colour per variant, a dot per seed at ``(x[variant][k], y[variant][k])`` and a cross
+    at the variant's means: e.g. accuracy against the effective rank of the adapter's update."""
+    variants = [v for v in x if v in y]
+    if not variants:
+        raise ValueError("x and y share no variant")
+    fig = Figure(figsize=(5.8, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for variant in variants:
+        xs, ys = np.asarray(x[variant], dtype=float), np.asarray(y[variant], dtype=float)
+        if xs.shape != ys.shape:
+            raise ValueError(f"{variant}: {len(xs)} x values but {len(ys)} y values, one per seed")
+        (dots,) = ax.plot(xs, ys, "o", markersize=4, alpha=0.7, label=variant)
+        ax.plot(xs.mean(), ys.mean(), "x", color=dots.get_color(), markersize=9, mew=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} against {xlabel} (dots: seeds, crosses: means)", fontsize=9)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
