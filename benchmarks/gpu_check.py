@@ -1,4 +1,4 @@
-"""The GPU check: the CUDA tests, the course's training runs and the training-step benchmark, in
+"""The GPU check: the CUDA tests, the course's training notebooks and the training-step benchmark, in
 one command on a machine with a CUDA GPU, each part timed, everything written into one folder.
 
     make gpu-check                                          # -> outputs/gpu_check/, <= 500 s
@@ -34,12 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu_check_course import (  # noqa: F401 (the course calls are part of this script's API)
-    MIXTURE_VARIANTS,
-    NOTEBOOK_PARAMETERS,
-    course_calls,
-    course_worker,
-)
+from gpu_check_course import course_worker
 from gpu_check_runner import ROOT, Log, Part, collect_outputs, run_part
 from gpu_check_summary import print_summary, summarize, write_json, write_summary
 
@@ -60,8 +55,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Part]:
     tests += ["-p", "no:cacheprovider", "-p", "no:logging", "--durations=10"]
     tests += [f"--junitxml={args.out / 'cuda_tests.xml'}"]
     course = [*worker, "--worker", "course", "--profile", "smoke" if dry else "course"]
-    if args.course_runs is not None:
-        course += ["--course-runs", str(args.course_runs)]
+    if args.notebooks:
+        course += ["--notebooks", *args.notebooks]
     tiny = ["--img", "64", "--batch", "2", "--warmup", "1", "--repeats", "2"]
     sizes = tiny if dry else ["--img", "224", "--batch", "64"]  # bench.py's GPU defaults, named
     bench = [py, "benchmarks/bench.py", "--device", device, *sizes]
@@ -246,7 +241,10 @@ def main() -> int:
     )
     parser.add_argument("--parts", nargs="+", default=None, help="run only these parts")
     parser.add_argument(
-        "--course-runs", type=int, default=None, help="only the first N course calls"
+        "--notebooks",
+        nargs="+",
+        default=None,
+        help="the course part runs these notebooks (prefixes, e.g. 01 03); default: 01-05, dry: 04",
     )
     # used by the parts that run this script as a worker
     parser.add_argument("--worker", choices=["env", "course"], help=argparse.SUPPRESS)

@@ -40,20 +40,21 @@ def test_summary(path: Path) -> dict[str, Any]:
 
 
 def course_summary(path: Path) -> dict[str, Any]:
-    """Total time and counts of the course calls made."""
+    """Per notebook: seconds, runs trained, failures; and the totals."""
     if not path.exists():
         return {"error": f"no {path.name}"}
     record = json.loads(path.read_text())
-    runs = record["runs"]
+    notebooks = record["notebooks"]
+    peaks = [n["peak_mib"] for n in notebooks if "peak_mib" in n]
     return {
         "profile": record["profile"],
-        "calls": f"{len(runs)} of {record['planned']}",
-        "trained": sum(1 for r in runs if r.get("cached") is False),
-        "cached": sum(1 for r in runs if r.get("cached")),
-        "errors": [f"{r['name']}: {r['error']}" for r in runs if "error" in r],
+        "notebooks": f"{len(notebooks)} of {len(record['planned'])}",
+        "seconds": {n["notebook"][:2]: n["seconds"] for n in notebooks},
+        "trained": sum(n["trained"] for n in notebooks),
+        "train_s": round(sum(n["train_s"] for n in notebooks), 1),
+        "errors": [f"{n['notebook']}: {n['error']}" for n in notebooks if n["rc"]],
         "total_s": record.get("total_s"),
-        "train_s": round(sum(r.get("train_s", 0.0) for r in runs if not r.get("cached")), 1),
-        "peak_mib": record.get("peak_mib"),
+        "peak_mib": max(peaks) if peaks else None,
     }
 
 

@@ -1,9 +1,8 @@
 """benchmarks/gpu_check.py, the prepared GPU check: its dry run on the CPU, the time limit that
-stops a hanging part, and the course calls against the notebooks they mirror."""
+stops a hanging part, and the notebooks run as scripts."""
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import os
@@ -36,11 +35,11 @@ gpu_check = load_script()
 
 
 def test_dry_run_of_the_course_part(tmp_path: Path) -> None:
-    """The course part on the CPU: a trained call, then the same call again from the cache;
-    the output folder holds what the device would return, and nothing more."""
+    """The course part on the CPU: notebook 04 run as a script (smoke profile); the output folder
+    holds what the device would return, and nothing more."""
     out = tmp_path / "out"
     command = [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)]
-    command += ["--parts", "course", "--course-runs", "2"]
+    command += ["--parts", "course", "--notebooks", "04"]
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
@@ -54,18 +53,15 @@ def test_dry_run_of_the_course_part(tmp_path: Path) -> None:
         "course_runs.json",
         "course_cache.zip",
     ]
-    assert course["results"]["trained"] == 1 and course["results"]["cached"] == 1
-    runs = json.loads((out / "course_runs.json").read_text())["runs"]
-    assert [(r["notebook"], r["name"], r["cached"]) for r in runs] == [
-        ("01", "full-semseg", False),
-        ("02", "full-semseg", True),
-    ]
-    assert 0.0 <= runs[0]["primary"]["semseg"] <= 100.0 and runs[1]["primary"] == runs[0]["primary"]
+    results = course["results"]
+    assert results["notebooks"] == "1 of 1" and results["errors"] == [] and results["trained"] > 0
+    (notebook,) = json.loads((out / "course_runs.json").read_text())["notebooks"]
+    assert notebook["notebook"] == "04_multihead_lora" and notebook["rc"] == 0
     with zipfile.ZipFile(out / "course_cache.zip") as zf:
-        assert len(zf.namelist()) == 1 and zf.namelist()[0].startswith("full-semseg-")
+        assert len(zf.namelist()) == notebook["trained"]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["course_cache.zip", "course_runs.json", "log.txt", "summary.json"]
-    assert "[course]  2/2 02 full-semseg" in (out / "log.txt").read_text()
+    assert "1/1 04_multihead_lora" in (out / "log.txt").read_text()
     assert "=== summary (dry run, CPU)" in done.stdout
 
 
@@ -105,55 +101,25 @@ def test_a_failing_part_is_recorded(tmp_path: Path) -> None:
     assert "[bad] bad" in (tmp_path / "log.txt").read_text()
 
 
-def _code(notebook: Path) -> list[tuple[list[str], str]]:
-    """(tags, source) of each code cell of ``notebook``."""
-    cells = json.loads(notebook.read_text())["cells"]
-    return [
-        (c.get("metadata", {}).get("tags", []), "".join(c["source"]))
-        for c in cells
-        if c["cell_type"] == "code"
+def test_a_notebook_runs_as_the_script_papermill_would_run(tmp_path: Path) -> None:
+    """Code cells in order, the parameters right after the parameters cell, IPython's own lines
+    left out; markdown cells are not code."""
+    import gpu_check_course
+
+    def cell(kind: str, source: str, tags: tuple[str, ...] = ()) -> dict:
+        return {"cell_type": kind, "metadata": {"tags": list(tags)}, "source": source}
+
+    notebook = tmp_path / "99_probe.ipynb"
+    cells = [
+        cell("markdown", "# title"),
+        cell("code", "PROFILE = 'course'\nSEEDS = (0, 1, 2)", ("parameters",)),
+        cell("code", "%matplotlib inline\nimport math\n!pip list\nx = [PROFILE, SEEDS]"),
     ]
-
-
-def _parameters(notebook: Path) -> dict[str, object]:
-    """The literal assignments of a notebook's ``parameters`` cell."""
-    (source,) = [source for tags, source in _code(notebook) if "parameters" in tags]
-    return {
-        node.targets[0].id: ast.literal_eval(node.value)
-        for node in ast.parse(source).body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-    }
-
-
-def test_course_calls_mirror_the_notebooks() -> None:
-    """The parameters the calls copy are the notebooks' own, notebook 05's variants are its
-    VARIANTS, only notebooks 01-05 make training calls, and the course profile makes 31 runs."""
-    notebooks = {p.name[:2]: p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
-    for number, expected in gpu_check.NOTEBOOK_PARAMETERS.items():
-        params = _parameters(notebooks[number])
-        assert params["SEED"] == 0, number
-        for name, value in expected.items():
-            assert params[name] == value, (
-                f"notebook {number}: {name} is {params[name]!r}; update NOTEBOOK_PARAMETERS"
-            )
-    code_05 = "\n".join(source for _, source in _code(notebooks["05"]))
-    p05 = gpu_check.NOTEBOOK_PARAMETERS["05"]
-    for name, options in gpu_check.MIXTURE_VARIANTS.items():
-        if name == f"lora-r{p05['N_HEADS'] * p05['RANK']}":  # 05 names it lora_name
-            name = "lora_name"
-        else:
-            name = f'"{name}"'
-        written = ", ".join(f"{k}={v!r}".replace("'", '"') for k, v in options.items())
-        assert f"{name}: dict({written})" in code_05, name
-    calling = {
-        number
-        for number, path in notebooks.items()
-        if any("run_dense(" in src or "run_mixture(" in src for _, src in _code(path))
-    }
-    assert calling == {"01", "02", "03", "04", "05"}
-
-    calls = gpu_check.course_calls("course")
-    assert {c.notebook for c in calls} == calling
-    runs = {(c.kind, c.name, c.kwargs.get("seed", 0)) for c in calls}
-    assert len(calls) == 40 and len(runs) == 31  # 13 dense and 18 mixture runs
-    assert sum(kind == "dense" for kind, _, _ in runs) == 13
+    notebook.write_text(json.dumps({"cells": cells}))
+    script = gpu_check_course.notebook_script(notebook, {"PROFILE": "smoke", "SEEDS": (0,)})
+    namespace: dict = {}
+    exec(compile(script, str(notebook), "exec"), namespace)
+    assert namespace["x"] == ["smoke", (0,)] and "%" not in script and "!pip" not in script
+    notebook.write_text(json.dumps({"cells": cells[2:]}))
+    with pytest.raises(ValueError, match="no code cell tagged 'parameters'"):
+        gpu_check_course.notebook_script(notebook, {})
