@@ -85,6 +85,16 @@ def test_setup_resolves_checks_reports_and_loads_the_exercises(tmp_path, capsys)
         nb.save({"extra": 1})
 
 
+def test_setup_takes_seeds_all_in_the_course_profile_the_first_in_smoke(tmp_path) -> None:
+    course = setup("00_data_and_backbone", "course", (4, 5, 6), "cpu", tmp_path / "a", None)
+    smoke = setup("00_data_and_backbone", "smoke", [4, 5, 6], "cpu", tmp_path / "b", None)
+    assert course.seeds == (4, 5, 6) and course.seed == 4 and smoke.seeds == (4,)
+    saved = json.loads(course.save({"headline": {"x": 1.0}}).read_text())
+    assert saved["seeds"] == [4, 5, 6] and saved["seed"] == 4
+    with pytest.raises(ValueError, match="SEEDS"):
+        setup("00_data_and_backbone", "course", (), "cpu", tmp_path / "c", None)
+
+
 def test_setup_refuses_an_unknown_profile_and_an_unwritable_folder(tmp_path) -> None:
     with pytest.raises(ValueError, match="PROFILE"):
         setup("00_data_and_backbone", "paper", 0, "cpu", tmp_path)

@@ -16,7 +16,11 @@ copied verbatim: it runs before the package exists) and one call that does the r
     ex = nb.exercises                       # ex.q1.check(...), see course.exercises
     ...
     nb.save_figure(fig, "semseg_finetuning")  # PNG in nb.out_dir
-    nb.save({"headline": {...}, ...})        # results.json with profile, seed, device added
+    nb.save({"headline": {...}, ...})        # results.json with profile, seed(s), device added
+
+A notebook that compares methods over seeds passes ``SEEDS`` (a tuple) instead of ``SEED``:
+``nb.seeds`` is then every seed in the course profile and the first only in the smoke profile
+(which checks that everything runs; its numbers mean nothing), ``nb.seed`` the first.
 
 ``setup`` resolves the device, makes the output paths absolute (relative to the course root),
 checks that the output folder is writable (before anything trains), prints the environment
@@ -27,12 +31,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,11 +215,16 @@ class NotebookRun:
 
     name: str
     profile: str
-    seed: int
+    seeds: tuple[int, ...]
     device: torch.device
     out_dir: Path
     cache_dir: Path | None
     exercises: ExerciseSet
+
+    @property
+    def seed(self) -> int:
+        """The first (or only) seed."""
+        return self.seeds[0]
 
     def save_figure(self, fig: Any, name: str) -> Path:
         """Save ``fig`` as ``out_dir/name.png`` (``save_figure``)."""
@@ -225,17 +235,28 @@ class NotebookRun:
         the profile, seed, device and the exercises' outcome; prints where."""
         if not results.get("headline"):
             raise ValueError('results need a non-empty "headline": the numbers make course prints')
-        full = {"profile": self.profile, "seed": self.seed, "device": str(self.device)}
+        seeds: dict[str, Any] = {"seeds": list(self.seeds)} if len(self.seeds) > 1 else {}
+        full = {"profile": self.profile, "seed": self.seed, **seeds, "device": str(self.device)}
         full["exercises"] = self.exercises.summary()
         path = save_results({**full, **results}, self.out_dir)
         print(f"saved {path}")
         return path
 
 
+def _profile_seeds(profile: str, seed: int | Sequence[int]) -> tuple[int, ...]:
+    """The seeds a notebook runs: all in the course profile, the first in the smoke profile."""
+    if isinstance(seed, numbers.Integral):
+        return (int(seed),)
+    seeds = tuple(int(s) for s in seed)
+    if not seeds:
+        raise ValueError("SEEDS is empty: name at least one seed, e.g. SEEDS = (0, 1, 2)")
+    return seeds[:1] if profile == "smoke" else seeds
+
+
 def setup(
     notebook: str,
     profile: str,
-    seed: int,
+    seed: int | Sequence[int],
     device: str | torch.device = "auto",
     out_dir: str | Path = "outputs",
     cache_dir: str | Path | None = "outputs/cache",
@@ -244,7 +265,7 @@ def setup(
     """Resolve the device, make ``out_dir`` / ``cache_dir`` absolute (``course_path``), check
     that ``out_dir`` is writable, print the environment report and load the exercises of
     ``notebook`` (its name, e.g. "00_data_and_backbone"; ``solutions`` as in
-    ``course.exercises``)."""
+    ``course.exercises``). ``seed`` is one seed or a sequence of them (``NotebookRun.seeds``)."""
     if profile not in ("smoke", "course"):
         raise ValueError(f'PROFILE must be "smoke" or "course", got {profile!r}')
     dev = resolve_device(device)
@@ -254,7 +275,7 @@ def setup(
     run = NotebookRun(
         name=notebook,
         profile=profile,
-        seed=int(seed),
+        seeds=_profile_seeds(profile, seed),
         device=dev,
         out_dir=out,
         cache_dir=course_path(cache_dir),
