@@ -13,7 +13,9 @@ import torch
 
 from mtlora_lite.course import experiments
 from mtlora_lite.course.experiments import recipe, run_dense, run_mixture
+from mtlora_lite.course.notebook import profile_seeds
 from mtlora_lite.course.records import RunResult, load_results
+from mtlora_lite.course.scene_tasks import build_tasks
 from mtlora_lite.multitask.history import History
 
 
@@ -225,3 +227,68 @@ def test_the_cache_key_changes_with_the_code(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(experiments, "source_digest", lambda: "0" * 16)  # as after an edit
     again = _smoke_dense("decoders", tmp_path / "cache")
     assert not again.cached and again.primary == first.primary  # retrained: same seed, same run
+
+
+def test_pure_lora_trains_only_lora_factors_and_the_decoder(fake_fit: FakeFit) -> None:
+    """run_dense("lora"): plain LoRALinear on the four Linear layers of every block, or q / v
+    blocks of attn.qkv, and the task decoder; none of MTLoRA's extras."""
+    plain = _smoke_dense("lora", None, rank=2, alpha=4.0)
+    rows = {g for g, row in plain.breakdown.items() if row["trainable"]}
+    assert rows == {"lora", "decoders"}
+    model = experiments.lora_model(list(build_tasks(["semseg"]).values()), rank=2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("decoders.") for n in trainable)
+    swin = model.encoder.backbone
+    assert swin.layers[0].blocks[0].attn.qkv.scaling == 1.0  # alpha = rank by default
+    lora_counts = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    linears = [m.base_layer for m in model.modules() if hasattr(m, "base_layer")]
+    assert lora_counts == 2 * sum(m.in_features + m.out_features for m in linears)
+
+    qv = _smoke_dense("lora", None, rank=2, targets=["attn.qkv"], qkv_blocks=["q", "v"])
+    assert {g for g, row in qv.breakdown.items() if row["trainable"]} == {"block_lora", "decoders"}
+    with pytest.raises(ValueError, match=r"attn\.qkv, which is not among targets"):
+        _smoke_dense("lora", None, rank=2, targets=["mlp.fc1"], qkv_blocks=["q", "v"])
+    with pytest.raises(TypeError, match=r"method 'lora' takes the options of lora_model.*rank"):
+        _smoke_dense("lora", None, shared_rank=2)
+    assert len(fake_fit.calls) == 2  # the bad calls were refused before training
+
+
+def test_references_take_each_tasks_best_lr_on_the_first_seed(fake_fit: FakeFit) -> None:
+    """The sweep runs on the first seed only, the chosen learning rate on every other seed; the
+    choice follows each task's direction (normals: a lower error is better)."""
+    lrs = (1e-3, 2e-3, 3e-3)
+    kwargs = dict(profile="smoke", device="cpu", cache_dir=None, progress=False)
+    refs = experiments.single_task_references(["semseg", "normals"], lrs, (5, 7, 9), **kwargs)
+    # fake metrics grow with every call: semseg's best is its last lr, normals' its first
+    assert refs.lr == {"semseg": 3e-3, "normals": 1e-3}
+    seeds_and_lrs = [(c["seed"], c["lr"]) for c in fake_fit.calls]
+    semseg = [(5, 1e-3), (5, 2e-3), (5, 3e-3), (7, 3e-3), (9, 3e-3)]
+    normals = [(5, 1e-3), (5, 2e-3), (5, 3e-3), (7, 1e-3), (9, 1e-3)]
+    assert seeds_and_lrs == [*semseg, *normals]
+    assert refs.runs["semseg"][5] is refs.sweep["semseg"][3e-3] and refs.seeds == [5, 7, 9]
+    assert refs.primary(7) == {"semseg": 14.0, "normals": 19.0}
+    same = {s: refs.runs["semseg"][s] for s in refs.seeds}  # a "multi-task" run equal to them
+    for s, run in same.items():
+        run.primary["normals"] = refs.primary(s)["normals"]
+    assert refs.delta_m(same) == {5: 0.0, 7: 0.0, 9: 0.0}
+    assert refs.relative(same)[7] == {"semseg": 0.0, "normals": 0.0}
+    with pytest.raises(ValueError, match="seeds is empty"):
+        experiments.single_task_references(["semseg"], lrs, (), **kwargs)
+
+
+def test_profile_seeds_keeps_the_first_in_smoke() -> None:
+    assert profile_seeds("course", (0, 1, 2)) == (0, 1, 2)
+    assert profile_seeds("smoke", (3, 1, 2)) == (3,)
+    assert profile_seeds("course", [np.int64(4)]) == (4,)
+    with pytest.raises(ValueError, match="SEEDS is empty"):
+        profile_seeds("course", ())
+
+
+def test_default_mtlora_options_name_the_same_run(tmp_path: Path, fake_fit: FakeFit) -> None:
+    """shared_rank=16 (MTLoRAConfig's default) is the run with no options: one cache entry."""
+    first = _smoke_dense("shared_lora", tmp_path)
+    again = _smoke_dense("shared_lora", tmp_path, shared_rank=16, dropout=0.05)
+    assert again.cached and again.options == first.options == {}
+    other = _smoke_dense("shared_lora", tmp_path, shared_rank=1, dropout=0.05)
+    assert not other.cached and other.options == {"shared_rank": 1}
+    assert len(fake_fit.calls) == 2

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import numbers
 import warnings
@@ -39,9 +40,11 @@ from typing import Any
 from torch import nn
 
 from mtlora_lite import __version__
+from mtlora_lite.adapters.blocks import inject_qkv_lora
 from mtlora_lite.adapters.checks import check_positive
 from mtlora_lite.adapters.heads import router_statistics
 from mtlora_lite.adapters.lora import TIMM_TARGETS, inject_lora, mark_only_adapters_trainable
+from mtlora_lite.adapters.mtlora import MTLoRAConfig
 from mtlora_lite.adapters.multihead import inject_multihead_lora
 from mtlora_lite.course.backbones import load_backbone, load_course_card
 from mtlora_lite.course.data import (
@@ -61,10 +64,16 @@ from mtlora_lite.course.scenes import check_seed
 from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder
 from mtlora_lite.multitask.models import METHODS, build_model
+from mtlora_lite.multitask.tasks import delta_m, relative_changes
 from mtlora_lite.multitask.train import fit
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature
-DECODER_CHANNELS = (8, 16, 32, 64)  # 1x1 projection widths for the course Swin's four stages
+# run_dense's methods: build_model's, and "lora", plain LoRA (LoRALinear) + the task decoders only
+DENSE_METHODS = (*METHODS, "lora")
+# 1x1 projection widths of the dense decoders for the course Swin's four stages. Small on
+# purpose: the decoders are then cheap (with twice these widths they took most of a multi-task
+# training step) and leave more of each task's work to the backbone and its adapters.
+DECODER_CHANNELS = (4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -95,11 +104,23 @@ _LR = (
     ("multihead", 2e-3),
 )
 
-# Sized so that the whole course (about 14 dense and 19 mixture runs) fits in about 30 min on
-# 2 CPU cores; see the README's notebook table for the measured runtimes.
+# Dense runs: full fine-tuning's default is the middle of the sweep FULL_LRS (notebooks 01-03
+# sweep it for the single-task references); plain LoRA ("lora") trains best a little higher than
+# MTLoRA's layers at this short schedule.
+_DENSE_LR = (
+    ("full", 4e-3),
+    ("decoders", 3e-3),
+    ("shared_lora", 2e-3),
+    ("mtlora", 2e-3),
+    ("lora", 4e-3),
+)
+FULL_LRS = (2e-3, 4e-3, 8e-3)  # the learning-rate sweep of the single-task references
+
+# Sized so that notebooks 01-03 (about 60 dense runs over three seeds) take about 10 min on 2 idle
+# CPU cores: 64 steps of 32 scenes (1024 scenes, each seen twice); see the README's notebook table.
 DENSE_RECIPES = {
-    "smoke": Recipe(n_train=64, n_val=32, batch_size=32, epochs=1, lr=_LR),
-    "course": Recipe(n_train=1536, n_val=256, batch_size=32, epochs=3, lr=_LR),
+    "smoke": Recipe(n_train=64, n_val=32, batch_size=32, epochs=1, lr=_DENSE_LR),
+    "course": Recipe(n_train=1024, n_val=256, batch_size=32, epochs=2, lr=_DENSE_LR),
 }
 MIXTURE_RECIPES = {
     "smoke": Recipe(n_train=64, n_val=48, batch_size=32, epochs=1, lr=_LR),
@@ -265,6 +286,44 @@ def _train(
     )
 
 
+def lora_model(
+    tasks: Sequence[Any],
+    *,
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: Sequence[str] = TIMM_TARGETS,
+    qkv_blocks: Sequence[str] | None = None,
+) -> nn.Module:
+    """Pure LoRA on the course Swin: plain ``LoRALinear`` (s = ``alpha`` / ``rank``) on
+    ``targets`` of every block, and the task decoders; nothing else of the backbone trains.
+
+    ``qkv_blocks`` (e.g. ``("q", "v")``) adapts only those blocks of the fused ``attn.qkv``
+    (``inject_qkv_lora``; "attn.qkv" must then be among ``targets``). ``tasks`` as for
+    ``build_model``.
+    """
+    model = build_model(
+        load_backbone("course"),
+        tasks,
+        "decoders",
+        features="stage",
+        decoder_channels=DECODER_CHANNELS,
+    )
+    plain = list(targets)
+    if qkv_blocks is not None:
+        if "attn.qkv" not in plain:
+            raise ValueError(
+                f"qkv_blocks adapts blocks of attn.qkv, which is not among targets {plain}: add "
+                "it, or pass qkv_blocks=None"
+            )
+        plain.remove("attn.qkv")
+        inject_qkv_lora(model.encoder, qkv_blocks, rank=rank, alpha=alpha, dropout=dropout)
+    if plain:
+        inject_lora(model.encoder, plain, rank=rank, alpha=alpha, dropout=dropout)
+    mark_only_adapters_trainable(model, extra=["decoders"])
+    return model
+
+
 def run_dense(
     method: str,
     tasks: str | Sequence[str] = DENSE_TASKS,
@@ -280,18 +339,29 @@ def run_dense(
 ) -> RunResult:
     """Train the course Swin on dense scene tasks with ``build_model(method, **options)``.
 
-    ``method`` is "full", "decoders", "shared_lora" or "mtlora" (``multitask.models``); one task
-    with "full" is single-task fine-tuning. Features are the raw stage maps (strides 4-32, better
+    ``method`` is "full", "decoders", "shared_lora" or "mtlora" (``multitask.models``), or
+    "lora": pure LoRA, ``lora_model(**options)`` (e.g. ``rank=8, alpha=16``); one task with
+    "full" is single-task fine-tuning. MTLoRA options equal to ``MTLoRAConfig``'s defaults are
+    left out of the run's options (and its cache key): ``shared_rank=16`` is the same run as
+    no option. Features are the raw stage maps (strides 4-32, better
     suited to 64 x 64 scenes than the official merged maps) with ``DECODER_CHANNELS``. ``lr``
     (finite, > 0) replaces the recipe's learning rate; ``seed`` is in [0, 2**31).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method not in DENSE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {DENSE_METHODS}")
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     build_tasks(tasks)  # unknown, duplicate or no tasks: refused before anything trains
+    if method == "lora":  # missing or unknown options: refused before anything trains
+        try:
+            inspect.signature(lora_model).bind(tasks, **options)
+        except TypeError as err:
+            raise TypeError(f"method 'lora' takes the options of lora_model: {err}") from err
     rec = recipe("dense", profile)
     seed, lr = _check_run(seed, lr, rec, method)
     options = _plain(options)
+    if method in ("shared_lora", "mtlora"):  # the same run however it is spelled
+        defaults = _plain(dataclasses.asdict(MTLoRAConfig()))
+        options = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
     name = name or f"{method}-{'+'.join(tasks)}"
     spec = _spec("dense", name, seed, rec, lr, options, device, method=method, tasks=list(tasks))
 
@@ -301,14 +371,17 @@ def run_dense(
         loaders = make_loaders(
             list(tasks), n_train=rec.n_train, n_val=rec.n_val, seed=seed, batch_size=rec.batch_size
         )
-        model = build_model(
-            load_backbone("course"),
-            list(task_map.values()),
-            method,
-            features="stage",
-            decoder_channels=DECODER_CHANNELS,
-            **options,
-        )
+        if method == "lora":
+            model = lora_model(list(task_map.values()), **options)
+        else:
+            model = build_model(
+                load_backbone("course"),
+                list(task_map.values()),
+                method,
+                features="stage",
+                decoder_channels=DECODER_CHANNELS,
+                **options,
+            )
         return _train(
             name, method, model, task_map, loaders, rec, lr, seed, device, progress, options
         )
@@ -411,3 +484,90 @@ def run_mixture(
         return result
 
     return _cached_run(spec, cache_dir, train)
+
+
+def run_dense_seeds(
+    method: str,
+    tasks: str | Sequence[str] = DENSE_TASKS,
+    seeds: Sequence[int] = (0,),
+    **kwargs: Any,
+) -> dict[int, RunResult]:
+    """``run_dense(method, tasks, seed=s, **kwargs)`` for each seed: ``{seed: RunResult}``."""
+    return {int(s): run_dense(method, tasks, seed=s, **kwargs) for s in seeds}
+
+
+@dataclass
+class References:
+    """Single-task full fine-tuning references (``single_task_references``).
+
+    ``lr[task]``: the chosen learning rate; ``sweep[task][lr]``: the sweep's runs (first seed);
+    ``runs[task][seed]``: the reference runs at the chosen learning rate, one per seed.
+    """
+
+    lr: dict[str, float]
+    sweep: dict[str, dict[float, RunResult]]
+    runs: dict[str, dict[int, RunResult]]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.runs)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(next(iter(self.runs.values())))
+
+    @property
+    def trainable(self) -> int:
+        """Trainable parameters of all the single-task models together."""
+        return sum(next(iter(runs.values())).trainable for runs in self.runs.values())
+
+    def primary(self, seed: int) -> dict[str, float]:
+        """``{task: primary metric}`` of the references with ``seed``."""
+        return {t: runs[seed].primary[t] for t, runs in self.runs.items()}
+
+    def higher_is_better(self) -> dict[str, bool]:
+        return {t: next(iter(runs.values())).higher_is_better[t] for t, runs in self.runs.items()}
+
+    def relative(self, runs: Mapping[int, RunResult]) -> dict[int, dict[str, float]]:
+        """Each task's signed relative change (%) of multi-task ``runs`` against these references,
+        seed by seed: ``{seed: {task: change}}`` (positive = better; the terms of delta_m)."""
+        better = self.higher_is_better()
+        return {
+            s: relative_changes(run.primary, self.primary(s), better) for s, run in runs.items()
+        }
+
+    def delta_m(self, runs: Mapping[int, RunResult]) -> dict[int, float]:
+        """``delta_m`` (%) of multi-task ``runs`` against these references, seed by seed."""
+        better = self.higher_is_better()
+        return {s: delta_m(run.primary, self.primary(s), better) for s, run in runs.items()}
+
+
+def best_lr(sweep: Mapping[float, RunResult], task: str) -> float:
+    """The learning rate whose run has the best validation ``task`` primary metric."""
+    sign = 1.0 if next(iter(sweep.values())).higher_is_better[task] else -1.0
+    return max(sweep, key=lambda lr: sign * sweep[lr].primary[task])
+
+
+def single_task_references(
+    tasks: Sequence[str] = DENSE_TASKS,
+    lrs: Sequence[float] = FULL_LRS,
+    seeds: Sequence[int] = (0,),
+    **kwargs: Any,
+) -> References:
+    """One fully fine-tuned model per task (``run_dense("full", [task])``), each at the best of
+    ``lrs``: the sweep runs on the first seed, the chosen learning rate on every seed.
+
+    The first seed's reference is its sweep run, chosen on that run's own validation scenes: if
+    anything, that favours the references (and lowers every delta_m measured against them).
+    ``kwargs`` go to ``run_dense`` (profile, device, cache_dir, progress).
+    """
+    if not seeds:
+        raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=(0, 1, 2)")
+    first, *others = seeds
+    sweep, lr, runs = {}, {}, {}
+    for task in tasks:
+        sweep[task] = {x: run_dense("full", [task], seed=first, lr=x, **kwargs) for x in lrs}
+        lr[task] = best_lr(sweep[task], task)
+        runs[task] = {first: sweep[task][lr[task]]}
+        runs[task].update(run_dense_seeds("full", [task], others, lr=lr[task], **kwargs))
+    return References(lr=lr, sweep=sweep, runs=runs)

@@ -19,7 +19,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from mtlora_lite.adapters.atomic import atomic_path, atomic_write
+from mtlora_lite.course.compare import Paired, mean_std
 from mtlora_lite.course.records import RunResult
 
 RESULTS_FILE = "results.json"
@@ -53,6 +54,15 @@ def course_path(path: str | Path | None) -> Path | None:
         return None
     path = Path(path).expanduser()
     return path if path.is_absolute() else course_root() / path
+
+
+def profile_seeds(profile: str, seeds: Sequence[int]) -> tuple[int, ...]:
+    """The seeds a notebook runs: all of ``seeds`` in the course profile, only the first in the
+    smoke profile (which checks that everything runs; its numbers mean nothing)."""
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("SEEDS is empty: name at least one seed, e.g. SEEDS = (0, 1, 2)")
+    return seeds[:1] if profile == "smoke" else seeds
 
 
 def environment_report(device: torch.device) -> str:
@@ -156,3 +166,24 @@ def format_table(rows: list[Mapping[str, Any]], floatfmt: str = ".2f") -> str:
     rule = "  ".join("-" * w for w in widths)
     body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join([head, rule, *body])
+
+
+def verdict_record(verdict: Paired) -> dict[str, Any]:
+    """A paired verdict for results.json: its words, outcome, per-seed gains, mean and spread."""
+    return {
+        "verdict": str(verdict),
+        "outcome": verdict.outcome,
+        "gains_by_seed": verdict.gains,
+        "mean_gain": verdict.mean,
+        "std_gain": verdict.std,
+        "unit": verdict.unit,
+    }
+
+
+def seed_summary(values: Mapping[int, float], unit: str = "", digits: int = 1) -> str:
+    """``{seed: value}`` in words: "41.2 ± 0.8 % (mean ± std over 3 seeds)", or the one value."""
+    mean, std = mean_std(list(values.values()))
+    unit = f" {unit}" if unit else ""
+    if len(values) == 1:
+        return f"{mean:.{digits}f}{unit} (one seed)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit} (mean ± std over {len(values)} seeds)"
