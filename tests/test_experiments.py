@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from mtlora_lite.course import experiments
+from mtlora_lite.course import seeds as course_seeds
 from mtlora_lite.course.experiments import recipe, run_dense, run_mixture
-from mtlora_lite.course.notebook import profile_seeds
+from mtlora_lite.course.notebook import for_profile
 from mtlora_lite.course.records import RunResult, load_results
 from mtlora_lite.course.scene_tasks import build_tasks
 from mtlora_lite.multitask.history import History
@@ -180,6 +181,7 @@ def test_lr_method_tasks_and_seed_are_checked_before_training(fake_fit: FakeFit)
     _smoke_dense("decoders", None, lr=1e-3)
     _smoke_dense("decoders", None)
     assert [c["lr"] for c in fake_fit.calls] == [1e-3, recipe("dense", "smoke").lr_for("decoders")]
+    assert {c["warmup"] for c in fake_fit.calls} == {recipe("dense", "smoke").warmup}
     for lr in (0.0, -1e-3, math.nan, math.inf):
         with pytest.raises(ValueError, match=r"lr must be a finite number > 0.*lr=None"):
             _smoke_dense("decoders", None, lr=lr)  # 0.0 no longer becomes the recipe's lr
@@ -258,30 +260,33 @@ def test_references_take_each_tasks_best_lr_on_the_first_seed(fake_fit: FakeFit)
     choice follows each task's direction (normals: a lower error is better)."""
     lrs = (1e-3, 2e-3, 3e-3)
     kwargs = dict(profile="smoke", device="cpu", cache_dir=None, progress=False)
-    refs = experiments.single_task_references(["semseg", "normals"], lrs, (5, 7, 9), **kwargs)
+    refs = course_seeds.single_task_references(["semseg", "normals"], lrs, (5, 7, 9), **kwargs)
     # fake metrics grow with every call: semseg's best is its last lr, normals' its first
     assert refs.lr == {"semseg": 3e-3, "normals": 1e-3}
     seeds_and_lrs = [(c["seed"], c["lr"]) for c in fake_fit.calls]
-    semseg = [(5, 1e-3), (5, 2e-3), (5, 3e-3), (7, 3e-3), (9, 3e-3)]
-    normals = [(5, 1e-3), (5, 2e-3), (5, 3e-3), (7, 1e-3), (9, 1e-3)]
-    assert seeds_and_lrs == [*semseg, *normals]
+    sweeps = [(5, 1e-3), (5, 2e-3), (5, 3e-3)] * 2  # semseg's, then normals'
+    assert seeds_and_lrs == [*sweeps, (7, 3e-3), (9, 3e-3), (7, 1e-3), (9, 1e-3)]
     assert refs.runs["semseg"][5] is refs.sweep["semseg"][3e-3] and refs.seeds == [5, 7, 9]
-    assert refs.primary(7) == {"semseg": 14.0, "normals": 19.0}
+    assert refs.primary(7) == {"semseg": 17.0, "normals": 19.0}
     same = {s: refs.runs["semseg"][s] for s in refs.seeds}  # a "multi-task" run equal to them
     for s, run in same.items():
         run.primary["normals"] = refs.primary(s)["normals"]
     assert refs.delta_m(same) == {5: 0.0, 7: 0.0, 9: 0.0}
     assert refs.relative(same)[7] == {"semseg": 0.0, "normals": 0.0}
     with pytest.raises(ValueError, match="seeds is empty"):
-        experiments.single_task_references(["semseg"], lrs, (), **kwargs)
+        course_seeds.single_task_references(["semseg"], lrs, (), **kwargs)
 
 
-def test_profile_seeds_keeps_the_first_in_smoke() -> None:
-    assert profile_seeds("course", (0, 1, 2)) == (0, 1, 2)
-    assert profile_seeds("smoke", (3, 1, 2)) == (3,)
-    assert profile_seeds("course", [np.int64(4)]) == (4,)
-    with pytest.raises(ValueError, match="SEEDS is empty"):
-        profile_seeds("course", ())
+def test_for_profile_keeps_the_first_in_smoke() -> None:
+    assert for_profile("course", (0, 1, 2)) == (0, 1, 2)
+    assert for_profile("smoke", (3, 1, 2)) == (3,)
+    assert (
+        for_profile("course", [np.int64(4)]) == (4,)
+        and type(for_profile("course", [np.int64(4)])[0]) is int
+    )
+    assert for_profile("smoke", (1e-3, 2e-3)) == (1e-3,)
+    with pytest.raises(ValueError, match="nothing to run"):
+        for_profile("course", ())
 
 
 def test_default_mtlora_options_name_the_same_run(tmp_path: Path, fake_fit: FakeFit) -> None:
@@ -292,3 +297,49 @@ def test_default_mtlora_options_name_the_same_run(tmp_path: Path, fake_fit: Fake
     other = _smoke_dense("shared_lora", tmp_path, shared_rank=1, dropout=0.05)
     assert not other.cached and other.options == {"shared_rank": 1}
     assert len(fake_fit.calls) == 2
+
+
+def test_parallel_workers_give_the_runs_of_one_thread_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """workers=2 trains the uncached runs in two processes with one thread each: the same
+    results, in the same order, as one after another with one thread; cached runs are read
+    without starting any process."""
+    kwargs = dict(profile="smoke", device="cpu", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = course_seeds.run_dense_seeds(
+            "decoders", ["semseg"], (0, 1), cache_dir=None, **kwargs
+        )
+    finally:
+        torch.set_num_threads(threads)
+    both = course_seeds.run_dense_seeds(
+        "decoders", ["semseg"], (0, 1), workers=2, cache_dir=tmp_path, **kwargs
+    )
+    assert list(both) == [0, 1] and not any(r.cached for r in both.values())
+    for seed in (0, 1):
+        assert both[seed].seed == seed and both[seed].primary == alone[seed].primary
+        assert both[seed].loss_curve == alone[seed].loss_curve
+
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached run started a process")
+
+    monkeypatch.setattr(course_seeds, "ProcessPoolExecutor", no_processes)
+    again = course_seeds.run_dense_seeds(
+        "decoders", ["semseg"], (1, 0), workers=2, cache_dir=tmp_path, **kwargs
+    )
+    assert list(again) == [1, 0] and all(r.cached for r in again.values())
+    assert again[0].primary == both[0].primary
+    with pytest.raises(ValueError, match="workers"):
+        course_seeds.run_dense_seeds("decoders", ["semseg"], (0,), workers=0, cache_dir=None)
+
+
+def test_auto_workers_use_the_cpu_threads_in_the_course_profile_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert course_seeds.auto_workers("course", "cpu") == 3
+    assert course_seeds.auto_workers("smoke", "cpu") == 1  # too short to pay for processes
+    monkeypatch.setattr(course_seeds, "resolve_device", lambda device: torch.device("cuda"))
+    assert course_seeds.auto_workers("course", "auto") == 1  # one GPU: one run at a time

@@ -64,7 +64,6 @@ from mtlora_lite.course.scenes import check_seed
 from mtlora_lite.multitask.evaluation import resolve_device, seed_everything
 from mtlora_lite.multitask.history import Callback, HeadSimilarityRecorder
 from mtlora_lite.multitask.models import METHODS, build_model
-from mtlora_lite.multitask.tasks import delta_m, relative_changes
 from mtlora_lite.multitask.train import fit
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature
@@ -78,13 +77,15 @@ DECODER_CHANNELS = (4, 8, 16, 32)
 
 @dataclass(frozen=True)
 class Recipe:
-    """Data and schedule of one profile. ``lr`` maps a method to its peak learning rate."""
+    """Data and schedule of one profile. ``lr`` maps a method to its peak learning rate;
+    ``warmup`` is the fraction of the steps spent warming up to it (``fit``'s ``warmup``)."""
 
     n_train: int
     n_val: int
     batch_size: int
     epochs: int
     lr: tuple[tuple[str, float], ...]
+    warmup: float = 0.05
 
     def lr_for(self, method: str) -> float:
         table = dict(self.lr)
@@ -106,21 +107,22 @@ _LR = (
 
 # Dense runs: full fine-tuning's default is the middle of the sweep FULL_LRS (notebooks 01-03
 # sweep it for the single-task references); plain LoRA ("lora") trains best a little higher than
-# MTLoRA's layers at this short schedule.
+# MTLoRA's layers at this short schedule. A fifth of the steps warm up: with 5 %, fully fine-tuned
+# models collapsed on some seeds (e.g. saliency predicting no salient pixel).
 _DENSE_LR = (
-    ("full", 4e-3),
+    ("full", 2e-3),
     ("decoders", 3e-3),
     ("shared_lora", 2e-3),
     ("mtlora", 2e-3),
     ("lora", 4e-3),
 )
-FULL_LRS = (2e-3, 4e-3, 8e-3)  # the learning-rate sweep of the single-task references
+FULL_LRS = (1e-3, 2e-3, 4e-3)  # the learning-rate sweep of the single-task references
 
-# Sized so that notebooks 01-03 (about 60 dense runs over three seeds) take about 10 min on 2 idle
-# CPU cores: 64 steps of 32 scenes (1024 scenes, each seen twice); see the README's notebook table.
+# Sized so that notebooks 01-03 (56 dense runs over three seeds) take about 10 min on 2 idle CPU
+# cores (two runs at a time, see run_dense_many): 64 steps of 16 scenes, each scene seen once.
 DENSE_RECIPES = {
-    "smoke": Recipe(n_train=64, n_val=32, batch_size=32, epochs=1, lr=_DENSE_LR),
-    "course": Recipe(n_train=1024, n_val=256, batch_size=32, epochs=2, lr=_DENSE_LR),
+    "smoke": Recipe(n_train=64, n_val=32, batch_size=32, epochs=1, lr=_DENSE_LR, warmup=0.2),
+    "course": Recipe(n_train=1024, n_val=256, batch_size=16, epochs=1, lr=_DENSE_LR, warmup=0.2),
 }
 MIXTURE_RECIPES = {
     "smoke": Recipe(n_train=64, n_val=48, batch_size=32, epochs=1, lr=_LR),
@@ -239,6 +241,18 @@ def _cached_run(
     return result
 
 
+def _in_cache(spec: dict[str, Any], cache_dir: str | Path | None) -> RunResult | None:
+    """The cached result of exactly ``spec``, or None (an unreadable entry: None too; the run
+    itself then says so and trains again)."""
+    if not cache_dir:
+        return None
+    path = Path(cache_dir) / f"{spec['name']}-{_key(spec)}.json"
+    try:
+        return read_record(path) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _check_run(seed: object, lr: float | None, rec: Recipe, method: str) -> tuple[int, float]:
     """The seed and learning rate of a run, checked before anything trains: the seed in
     [0, 2**31) (the loaders' scene seeds are 2 * seed and 2 * seed + 1), ``lr`` finite and > 0,
@@ -269,6 +283,7 @@ def _train(
         *loaders,
         epochs=rec.epochs,
         lr=lr,
+        warmup=rec.warmup,
         device=device,
         seed=seed,
         progress=progress,
@@ -347,6 +362,42 @@ def run_dense(
     suited to 64 x 64 scenes than the official merged maps) with ``DECODER_CHANNELS``. ``lr``
     (finite, > 0) replaces the recipe's learning rate; ``seed`` is in [0, 2**31).
     """
+    spec, train = _dense_run(method, tasks, profile, seed, device, name, lr, progress, options)
+    return _cached_run(spec, cache_dir, train)
+
+
+def cached_dense(
+    method: str,
+    tasks: str | Sequence[str] = DENSE_TASKS,
+    *,
+    profile: str = "course",
+    seed: int = 0,
+    device: str = "auto",
+    name: str | None = None,
+    lr: float | None = None,
+    cache_dir: str | Path | None = "outputs/cache",
+    progress: bool = True,
+    **options: Any,
+) -> RunResult | None:
+    """What ``run_dense`` with the same arguments (checked as it checks them) would read from
+    the cache, or None where it would train."""
+    spec, _ = _dense_run(method, tasks, profile, seed, device, name, lr, progress, options)
+    return _in_cache(spec, cache_dir)
+
+
+def _dense_run(
+    method: str,
+    tasks: str | Sequence[str],
+    profile: str,
+    seed: int,
+    device: str,
+    name: str | None,
+    lr: float | None,
+    progress: bool,
+    options: dict[str, Any],
+) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    """The spec (cache key) of a ``run_dense`` call and the function that trains it, after
+    checking every argument."""
     if method not in DENSE_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {DENSE_METHODS}")
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
@@ -386,7 +437,7 @@ def run_dense(
             name, method, model, task_map, loaders, rec, lr, seed, device, progress, options
         )
 
-    return _cached_run(spec, cache_dir, train)
+    return spec, train
 
 
 def run_mixture(
@@ -484,90 +535,3 @@ def run_mixture(
         return result
 
     return _cached_run(spec, cache_dir, train)
-
-
-def run_dense_seeds(
-    method: str,
-    tasks: str | Sequence[str] = DENSE_TASKS,
-    seeds: Sequence[int] = (0,),
-    **kwargs: Any,
-) -> dict[int, RunResult]:
-    """``run_dense(method, tasks, seed=s, **kwargs)`` for each seed: ``{seed: RunResult}``."""
-    return {int(s): run_dense(method, tasks, seed=s, **kwargs) for s in seeds}
-
-
-@dataclass
-class References:
-    """Single-task full fine-tuning references (``single_task_references``).
-
-    ``lr[task]``: the chosen learning rate; ``sweep[task][lr]``: the sweep's runs (first seed);
-    ``runs[task][seed]``: the reference runs at the chosen learning rate, one per seed.
-    """
-
-    lr: dict[str, float]
-    sweep: dict[str, dict[float, RunResult]]
-    runs: dict[str, dict[int, RunResult]]
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(self.runs)
-
-    @property
-    def seeds(self) -> list[int]:
-        return list(next(iter(self.runs.values())))
-
-    @property
-    def trainable(self) -> int:
-        """Trainable parameters of all the single-task models together."""
-        return sum(next(iter(runs.values())).trainable for runs in self.runs.values())
-
-    def primary(self, seed: int) -> dict[str, float]:
-        """``{task: primary metric}`` of the references with ``seed``."""
-        return {t: runs[seed].primary[t] for t, runs in self.runs.items()}
-
-    def higher_is_better(self) -> dict[str, bool]:
-        return {t: next(iter(runs.values())).higher_is_better[t] for t, runs in self.runs.items()}
-
-    def relative(self, runs: Mapping[int, RunResult]) -> dict[int, dict[str, float]]:
-        """Each task's signed relative change (%) of multi-task ``runs`` against these references,
-        seed by seed: ``{seed: {task: change}}`` (positive = better; the terms of delta_m)."""
-        better = self.higher_is_better()
-        return {
-            s: relative_changes(run.primary, self.primary(s), better) for s, run in runs.items()
-        }
-
-    def delta_m(self, runs: Mapping[int, RunResult]) -> dict[int, float]:
-        """``delta_m`` (%) of multi-task ``runs`` against these references, seed by seed."""
-        better = self.higher_is_better()
-        return {s: delta_m(run.primary, self.primary(s), better) for s, run in runs.items()}
-
-
-def best_lr(sweep: Mapping[float, RunResult], task: str) -> float:
-    """The learning rate whose run has the best validation ``task`` primary metric."""
-    sign = 1.0 if next(iter(sweep.values())).higher_is_better[task] else -1.0
-    return max(sweep, key=lambda lr: sign * sweep[lr].primary[task])
-
-
-def single_task_references(
-    tasks: Sequence[str] = DENSE_TASKS,
-    lrs: Sequence[float] = FULL_LRS,
-    seeds: Sequence[int] = (0,),
-    **kwargs: Any,
-) -> References:
-    """One fully fine-tuned model per task (``run_dense("full", [task])``), each at the best of
-    ``lrs``: the sweep runs on the first seed, the chosen learning rate on every seed.
-
-    The first seed's reference is its sweep run, chosen on that run's own validation scenes: if
-    anything, that favours the references (and lowers every delta_m measured against them).
-    ``kwargs`` go to ``run_dense`` (profile, device, cache_dir, progress).
-    """
-    if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed, e.g. seeds=(0, 1, 2)")
-    first, *others = seeds
-    sweep, lr, runs = {}, {}, {}
-    for task in tasks:
-        sweep[task] = {x: run_dense("full", [task], seed=first, lr=x, **kwargs) for x in lrs}
-        lr[task] = best_lr(sweep[task], task)
-        runs[task] = {first: sweep[task][lr[task]]}
-        runs[task].update(run_dense_seeds("full", [task], others, lr=lr[task], **kwargs))
-    return References(lr=lr, sweep=sweep, runs=runs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import platform
 import statistics
@@ -56,13 +57,14 @@ def course_path(path: str | Path | None) -> Path | None:
     return path if path.is_absolute() else course_root() / path
 
 
-def profile_seeds(profile: str, seeds: Sequence[int]) -> tuple[int, ...]:
-    """The seeds a notebook runs: all of ``seeds`` in the course profile, only the first in the
-    smoke profile (which checks that everything runs; its numbers mean nothing)."""
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ValueError("SEEDS is empty: name at least one seed, e.g. SEEDS = (0, 1, 2)")
-    return seeds[:1] if profile == "smoke" else seeds
+def for_profile(profile: str, values: Sequence[Any]) -> tuple[Any, ...]:
+    """What a notebook runs of ``values`` (its seeds, or the learning rates of a sweep): all of
+    them in the course profile, only the first in the smoke profile, which checks that
+    everything runs (its numbers mean nothing)."""
+    values = tuple(int(v) if isinstance(v, numbers.Integral) else v for v in values)
+    if not values:
+        raise ValueError("nothing to run: name at least one value, e.g. SEEDS = (0, 1, 2)")
+    return values[:1] if profile == "smoke" else values
 
 
 def environment_report(device: torch.device) -> str:
