@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from mtlora_lite.course import experiments
+from mtlora_lite.course import seeds as course_seeds
 from mtlora_lite.course.experiments import recipe, run_dense, run_mixture
+from mtlora_lite.course.notebook import for_profile
 from mtlora_lite.course.records import RunResult, load_results
+from mtlora_lite.course.scene_tasks import build_tasks
 from mtlora_lite.multitask.history import History
 
 
@@ -178,6 +181,7 @@ def test_lr_method_tasks_and_seed_are_checked_before_training(fake_fit: FakeFit)
     _smoke_dense("decoders", None, lr=1e-3)
     _smoke_dense("decoders", None)
     assert [c["lr"] for c in fake_fit.calls] == [1e-3, recipe("dense", "smoke").lr_for("decoders")]
+    assert {c["warmup"] for c in fake_fit.calls} == {recipe("dense", "smoke").warmup}
     for lr in (0.0, -1e-3, math.nan, math.inf):
         with pytest.raises(ValueError, match=r"lr must be a finite number > 0.*lr=None"):
             _smoke_dense("decoders", None, lr=lr)  # 0.0 no longer becomes the recipe's lr
@@ -274,3 +278,117 @@ def test_run_names_must_be_safe_file_names(tmp_path: Path, fake_fit: FakeFit, na
 def test_a_safe_run_name_is_listed(tmp_path: Path, fake_fit: FakeFit) -> None:
     run_dense("decoders", "semseg", profile="smoke", cache_dir=tmp_path, name="dec_r0.5+x=1,@a")
     assert [r.name for r in load_results(tmp_path)] == ["dec_r0.5+x=1,@a"]
+
+
+def test_pure_lora_trains_only_lora_factors_and_the_decoder(fake_fit: FakeFit) -> None:
+    """run_dense("lora"): plain LoRALinear on the four Linear layers of every block, or q / v
+    blocks of attn.qkv, and the task decoder; none of MTLoRA's extras."""
+    plain = _smoke_dense("lora", None, rank=2, alpha=4.0)
+    rows = {g for g, row in plain.breakdown.items() if row["trainable"]}
+    assert rows == {"lora", "decoders"}
+    model = experiments.lora_model(list(build_tasks(["semseg"]).values()), rank=2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("decoders.") for n in trainable)
+    swin = model.encoder.backbone
+    assert swin.layers[0].blocks[0].attn.qkv.scaling == 1.0  # alpha = rank by default
+    lora_counts = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    linears = [m.base_layer for m in model.modules() if hasattr(m, "base_layer")]
+    assert lora_counts == 2 * sum(m.in_features + m.out_features for m in linears)
+
+    qv = _smoke_dense("lora", None, rank=2, targets=["attn.qkv"], qkv_blocks=["q", "v"])
+    assert {g for g, row in qv.breakdown.items() if row["trainable"]} == {"block_lora", "decoders"}
+    with pytest.raises(ValueError, match=r"attn\.qkv, which is not among targets"):
+        _smoke_dense("lora", None, rank=2, targets=["mlp.fc1"], qkv_blocks=["q", "v"])
+    with pytest.raises(TypeError, match=r"method 'lora' takes the options of lora_model.*rank"):
+        _smoke_dense("lora", None, shared_rank=2)
+    assert len(fake_fit.calls) == 2  # the bad calls were refused before training
+
+
+def test_references_take_each_tasks_best_lr_on_the_first_seed(fake_fit: FakeFit) -> None:
+    """The sweep runs on the first seed only, the chosen learning rate on every other seed; the
+    choice follows each task's direction (normals: a lower error is better)."""
+    lrs = (1e-3, 2e-3, 3e-3)
+    kwargs = dict(profile="smoke", device="cpu", cache_dir=None, progress=False)
+    refs = course_seeds.single_task_references(["semseg", "normals"], lrs, (5, 7, 9), **kwargs)
+    # fake metrics grow with every call: semseg's best is its last lr, normals' its first
+    assert refs.lr == {"semseg": 3e-3, "normals": 1e-3}
+    seeds_and_lrs = [(c["seed"], c["lr"]) for c in fake_fit.calls]
+    sweeps = [(5, 1e-3), (5, 2e-3), (5, 3e-3)] * 2  # semseg's, then normals'
+    assert seeds_and_lrs == [*sweeps, (7, 3e-3), (9, 3e-3), (7, 1e-3), (9, 1e-3)]
+    assert refs.runs["semseg"][5] is refs.sweep["semseg"][3e-3] and refs.seeds == [5, 7, 9]
+    assert refs.primary(7) == {"semseg": 17.0, "normals": 19.0}
+    same = {s: refs.runs["semseg"][s] for s in refs.seeds}  # a "multi-task" run equal to them
+    for s, run in same.items():
+        run.primary["normals"] = refs.primary(s)["normals"]
+    assert refs.delta_m(same) == {5: 0.0, 7: 0.0, 9: 0.0}
+    assert refs.relative(same)[7] == {"semseg": 0.0, "normals": 0.0}
+    with pytest.raises(ValueError, match="seeds is empty"):
+        course_seeds.single_task_references(["semseg"], lrs, (), **kwargs)
+
+
+def test_for_profile_keeps_the_first_in_smoke() -> None:
+    assert for_profile("course", (0, 1, 2)) == (0, 1, 2)
+    assert for_profile("smoke", (3, 1, 2)) == (3,)
+    assert (
+        for_profile("course", [np.int64(4)]) == (4,)
+        and type(for_profile("course", [np.int64(4)])[0]) is int
+    )
+    assert for_profile("smoke", (1e-3, 2e-3)) == (1e-3,)
+    with pytest.raises(ValueError, match="nothing to run"):
+        for_profile("course", ())
+
+
+def test_default_mtlora_options_name_the_same_run(tmp_path: Path, fake_fit: FakeFit) -> None:
+    """shared_rank=16 (MTLoRAConfig's default) is the run with no options: one cache entry."""
+    first = _smoke_dense("shared_lora", tmp_path)
+    again = _smoke_dense("shared_lora", tmp_path, shared_rank=16, dropout=0.05)
+    assert again.cached and again.options == first.options == {}
+    other = _smoke_dense("shared_lora", tmp_path, shared_rank=1, dropout=0.05)
+    assert not other.cached and other.options == {"shared_rank": 1}
+    assert len(fake_fit.calls) == 2
+
+
+def test_parallel_workers_give_the_runs_of_one_thread_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """workers=2 trains the uncached runs in two processes with one thread each: the same
+    results, in the same order, as one after another with one thread; cached runs are read
+    without starting any process."""
+    kwargs = dict(profile="smoke", device="cpu", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = course_seeds.run_dense_seeds(
+            "decoders", ["semseg"], (0, 1), cache_dir=None, **kwargs
+        )
+    finally:
+        torch.set_num_threads(threads)
+    both = course_seeds.run_dense_seeds(
+        "decoders", ["semseg"], (0, 1), workers=2, cache_dir=tmp_path, **kwargs
+    )
+    assert list(both) == [0, 1] and not any(r.cached for r in both.values())
+    for seed in (0, 1):
+        assert both[seed].seed == seed and both[seed].primary == alone[seed].primary
+        assert both[seed].loss_curve == alone[seed].loss_curve
+
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached run started a process")
+
+    monkeypatch.setattr(course_seeds, "ProcessPoolExecutor", no_processes)
+    again = course_seeds.run_dense_seeds(
+        "decoders", ["semseg"], (1, 0), workers=2, cache_dir=tmp_path, **kwargs
+    )
+    assert list(again) == [1, 0] and all(r.cached for r in again.values())
+    assert again[0].primary == both[0].primary
+    with pytest.raises(ValueError, match="workers"):
+        course_seeds.run_dense_seeds("decoders", ["semseg"], (0,), workers=0, cache_dir=None)
+
+
+def test_auto_workers_use_the_cpu_threads_in_the_course_profile_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert course_seeds.auto_workers("course", "cpu") == 3
+    assert course_seeds.auto_workers("smoke", "cpu") == 1  # too short to pay for processes
+    monkeypatch.setattr(course_seeds, "resolve_device", lambda device: torch.device("cuda"))
+    assert course_seeds.auto_workers("course", "auto") == 1  # one GPU: one run at a time

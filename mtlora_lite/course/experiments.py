@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import numbers
 import re
@@ -37,10 +38,12 @@ from torch import nn
 
 from mtlora_lite import __version__
 from mtlora_lite.adapters.atomic import check_writable
+from mtlora_lite.adapters.blocks import inject_qkv_lora
 from mtlora_lite.adapters.checks import check_positive
 from mtlora_lite.adapters.freezing import mark_only_adapters_trainable
 from mtlora_lite.adapters.heads import adapter_spectra, router_statistics
 from mtlora_lite.adapters.lora import inject_lora
+from mtlora_lite.adapters.mtlora import MTLoRAConfig
 from mtlora_lite.adapters.multihead import inject_multihead_lora
 from mtlora_lite.adapters.targets import TIMM_TARGETS
 from mtlora_lite.course.backbones import load_backbone, load_course_card
@@ -58,19 +61,26 @@ from mtlora_lite.multitask.runtime import resolve_device, seed_everything
 from mtlora_lite.multitask.train import fit
 
 DENSE_TASKS = ("semseg", "parts", "saliency", "normals")  # PASCAL-Context's four, in miniature
-DECODER_CHANNELS = (8, 16, 32, 64)  # 1x1 projection widths for the course Swin's four stages
+# run_dense's methods: build_model's, and "lora", plain LoRA (LoRALinear) + the task decoders only
+DENSE_METHODS = (*METHODS, "lora")
+# 1x1 projection widths of the dense decoders for the course Swin's four stages. Small on
+# purpose: the decoders are then cheap (with twice these widths they took most of a multi-task
+# training step) and leave more of each task's work to the backbone and its adapters.
+DECODER_CHANNELS = (4, 8, 16, 32)
 N_STAGES = 4  # stages of the course Swin
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Data and schedule of one profile. ``lr`` maps a method to its peak learning rate."""
+    """Data and schedule of one profile. ``lr`` maps a method to its peak learning rate;
+    ``warmup`` is the fraction of the steps spent warming up to it (``fit``'s ``warmup``)."""
 
     n_train: int
     n_val: int
     batch_size: int
     epochs: int
     lr: tuple[tuple[str, float], ...]
+    warmup: float = 0.05
 
     def lr_for(self, method: str) -> float:
         table = dict(self.lr)
@@ -81,20 +91,24 @@ class Recipe:
         return table[method]
 
 
-_LR = (
-    ("full", 5e-4),
+# Dense runs: full fine-tuning's default is the middle of the sweep FULL_LRS (notebooks 01-03
+# sweep it for the single-task references); plain LoRA ("lora") trains best a little higher than
+# MTLoRA's layers at this short schedule. A fifth of the steps warm up: with 5 %, fully fine-tuned
+# models collapsed on some seeds (e.g. saliency predicting no salient pixel).
+_DENSE_LR = (
+    ("full", 2e-3),
     ("decoders", 3e-3),
     ("shared_lora", 2e-3),
     ("mtlora", 2e-3),
-    ("lora", 2e-3),
-    ("multihead", 2e-3),
+    ("lora", 4e-3),
 )
+FULL_LRS = (1e-3, 2e-3, 4e-3)  # the learning-rate sweep of the single-task references
 
-# Sized so that the whole course (about 14 dense and 27 mixture runs) fits in about 30 min on
-# 2 CPU cores; see the README's notebook table for the measured runtimes.
+# Sized so that notebooks 01-03 (56 dense runs over three seeds) take about 10 min on 2 idle CPU
+# cores (two runs at a time, see run_dense_many): 64 steps of 16 scenes, each scene seen once.
 DENSE_RECIPES = {
-    "smoke": Recipe(n_train=64, n_val=32, batch_size=32, epochs=1, lr=_LR),
-    "course": Recipe(n_train=1536, n_val=256, batch_size=32, epochs=3, lr=_LR),
+    "smoke": Recipe(n_train=64, n_val=32, batch_size=32, epochs=1, lr=_DENSE_LR, warmup=0.2),
+    "course": Recipe(n_train=1024, n_val=256, batch_size=16, epochs=1, lr=_DENSE_LR, warmup=0.2),
 }
 # The mixture's single epoch (96 steps) needs a larger step than the dense recipes: for plain
 # LoRA (rank 4) and R-LoRA (4 heads of rank 4) on the last two stages, 8e-3 beat 2e-3 and 2e-2 on
@@ -232,6 +246,18 @@ def _cached_run(
     return result
 
 
+def _in_cache(spec: dict[str, Any], cache_dir: str | Path | None) -> RunResult | None:
+    """The cached result of exactly ``spec``, or None (an unreadable entry: None too; the run
+    itself then says so and trains again)."""
+    if not cache_dir:
+        return None
+    path = Path(cache_dir) / f"{spec['name']}-{_key(spec)}.json"
+    try:
+        return read_record(path) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _check_run(seed: object, lr: float | None, rec: Recipe, method: str) -> tuple[int, float]:
     """The seed and learning rate of a run, checked before anything trains: the seed in
     [0, 2**31) (the loaders' scene seeds are 2 * seed and 2 * seed + 1), ``lr`` finite and > 0,
@@ -262,6 +288,7 @@ def _train(
         *loaders,
         epochs=rec.epochs,
         lr=lr,
+        warmup=rec.warmup,
         device=device,
         seed=seed,
         progress=progress,
@@ -279,6 +306,44 @@ def _train(
     )
 
 
+def lora_model(
+    tasks: Sequence[Any],
+    *,
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: Sequence[str] = TIMM_TARGETS,
+    qkv_blocks: Sequence[str] | None = None,
+) -> nn.Module:
+    """Pure LoRA on the course Swin: plain ``LoRALinear`` (s = ``alpha`` / ``rank``) on
+    ``targets`` of every block, and the task decoders; nothing else of the backbone trains.
+
+    ``qkv_blocks`` (e.g. ``("q", "v")``) adapts only those blocks of the fused ``attn.qkv``
+    (``inject_qkv_lora``; "attn.qkv" must then be among ``targets``). ``tasks`` as for
+    ``build_model``.
+    """
+    model = build_model(
+        load_backbone("course"),
+        tasks,
+        "decoders",
+        features="stage",
+        decoder_channels=DECODER_CHANNELS,
+    )
+    plain = list(targets)
+    if qkv_blocks is not None:
+        if "attn.qkv" not in plain:
+            raise ValueError(
+                f"qkv_blocks adapts blocks of attn.qkv, which is not among targets {plain}: add "
+                "it, or pass qkv_blocks=None"
+            )
+        plain.remove("attn.qkv")
+        inject_qkv_lora(model.encoder, qkv_blocks, rank=rank, alpha=alpha, dropout=dropout)
+    if plain:
+        inject_lora(model.encoder, plain, rank=rank, alpha=alpha, dropout=dropout)
+    mark_only_adapters_trainable(model, extra=["decoders"])
+    return model
+
+
 def run_dense(
     method: str,
     tasks: str | Sequence[str] = DENSE_TASKS,
@@ -294,18 +359,65 @@ def run_dense(
 ) -> RunResult:
     """Train the course Swin on dense scene tasks with ``build_model(method, **options)``.
 
-    ``method`` is "full", "decoders", "shared_lora" or "mtlora" (``multitask.models``); one task
-    with "full" is single-task fine-tuning. Features are the raw stage maps (strides 4-32, better
+    ``method`` is "full", "decoders", "shared_lora" or "mtlora" (``multitask.models``), or
+    "lora": pure LoRA, ``lora_model(**options)`` (e.g. ``rank=8, alpha=16``); one task with
+    "full" is single-task fine-tuning. MTLoRA options equal to ``MTLoRAConfig``'s defaults are
+    left out of the run's options (and its cache key): ``shared_rank=16`` is the same run as
+    no option. Features are the raw stage maps (strides 4-32, better
     suited to 64 x 64 scenes than the official merged maps) with ``DECODER_CHANNELS``. ``lr``
     (finite, > 0) replaces the recipe's learning rate; ``seed`` is in [0, 2**31).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    spec, train = _dense_run(method, tasks, profile, seed, device, name, lr, progress, options)
+    return _cached_run(spec, cache_dir, train)
+
+
+def cached_dense(
+    method: str,
+    tasks: str | Sequence[str] = DENSE_TASKS,
+    *,
+    profile: str = "course",
+    seed: int = 0,
+    device: str = "auto",
+    name: str | None = None,
+    lr: float | None = None,
+    cache_dir: str | Path | None = "outputs/cache",
+    progress: bool = True,
+    **options: Any,
+) -> RunResult | None:
+    """What ``run_dense`` with the same arguments (checked as it checks them) would read from
+    the cache, or None where it would train."""
+    spec, _ = _dense_run(method, tasks, profile, seed, device, name, lr, progress, options)
+    return _in_cache(spec, cache_dir)
+
+
+def _dense_run(
+    method: str,
+    tasks: str | Sequence[str],
+    profile: str,
+    seed: int,
+    device: str,
+    name: str | None,
+    lr: float | None,
+    progress: bool,
+    options: dict[str, Any],
+) -> tuple[dict[str, Any], Callable[[], RunResult]]:
+    """The spec (cache key) of a ``run_dense`` call and the function that trains it, after
+    checking every argument."""
+    if method not in DENSE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {DENSE_METHODS}")
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     build_tasks(tasks)  # unknown, duplicate or no tasks: refused before anything trains
+    if method == "lora":  # missing or unknown options: refused before anything trains
+        try:
+            inspect.signature(lora_model).bind(tasks, **options)
+        except TypeError as err:
+            raise TypeError(f"method 'lora' takes the options of lora_model: {err}") from err
     rec = recipe("dense", profile)
     seed, lr = _check_run(seed, lr, rec, method)
     options = _plain(options)
+    if method in ("shared_lora", "mtlora"):  # the same run however it is spelled
+        defaults = _plain(dataclasses.asdict(MTLoRAConfig()))
+        options = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
     name = check_run_name(name or f"{method}-{'+'.join(tasks)}")
     spec = _spec("dense", name, seed, rec, lr, options, device, method=method, tasks=list(tasks))
 
@@ -315,19 +427,22 @@ def run_dense(
         loaders = make_loaders(
             list(tasks), n_train=rec.n_train, n_val=rec.n_val, seed=seed, batch_size=rec.batch_size
         )
-        model = build_model(
-            load_backbone("course"),
-            list(task_map.values()),
-            method,
-            features="stage",
-            decoder_channels=DECODER_CHANNELS,
-            **options,
-        )
+        if method == "lora":
+            model = lora_model(list(task_map.values()), **options)
+        else:
+            model = build_model(
+                load_backbone("course"),
+                list(task_map.values()),
+                method,
+                features="stage",
+                decoder_channels=DECODER_CHANNELS,
+                **options,
+            )
         return _train(
             name, method, model, task_map, loaders, rec, lr, seed, device, progress, options
         )
 
-    return _cached_run(spec, cache_dir, train)
+    return spec, train
 
 
 def mixture_targets(stages: Sequence[int] | None = None) -> list[str] | re.Pattern:

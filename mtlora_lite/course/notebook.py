@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from mtlora_lite.adapters.atomic import atomic_path, atomic_write
+from mtlora_lite.course.compare import Paired, mean_std
 from mtlora_lite.course.exercises import ExerciseSet, load_exercises
 from mtlora_lite.course.records import RunResult, check_writable
 from mtlora_lite.multitask.evaluation import resolve_device
@@ -74,6 +75,16 @@ def course_path(path: str | Path | None) -> Path | None:
         return None
     path = Path(path).expanduser()
     return path if path.is_absolute() else course_root() / path
+
+
+def for_profile(profile: str, values: Sequence[Any]) -> tuple[Any, ...]:
+    """What a notebook runs of ``values`` (its seeds, or the learning rates of a sweep): all of
+    them in the course profile, only the first in the smoke profile, which checks that
+    everything runs (its numbers mean nothing)."""
+    values = tuple(int(v) if isinstance(v, numbers.Integral) else v for v in values)
+    if not values:
+        raise ValueError("nothing to run: name at least one value, e.g. SEEDS = (0, 1, 2)")
+    return values[:1] if profile == "smoke" else values
 
 
 def environment_report(device: torch.device) -> str:
@@ -243,16 +254,6 @@ class NotebookRun:
         return path
 
 
-def _profile_seeds(profile: str, seed: int | Sequence[int]) -> tuple[int, ...]:
-    """The seeds a notebook runs: all in the course profile, the first in the smoke profile."""
-    if isinstance(seed, numbers.Integral):
-        return (int(seed),)
-    seeds = tuple(int(s) for s in seed)
-    if not seeds:
-        raise ValueError("SEEDS is empty: name at least one seed, e.g. SEEDS = (0, 1, 2)")
-    return seeds[:1] if profile == "smoke" else seeds
-
-
 def setup(
     notebook: str,
     profile: str,
@@ -275,7 +276,7 @@ def setup(
     run = NotebookRun(
         name=notebook,
         profile=profile,
-        seeds=_profile_seeds(profile, seed),
+        seeds=for_profile(profile, (seed,) if isinstance(seed, numbers.Integral) else seed),
         device=dev,
         out_dir=out,
         cache_dir=course_path(cache_dir),
@@ -286,3 +287,24 @@ def setup(
     mode = "reference solutions (SOLUTIONS = True)" if solutions else "yours: fill in the stubs"
     print(f"exercises  {len(run.exercises)}, {mode}")
     return run
+
+
+def verdict_record(verdict: Paired) -> dict[str, Any]:
+    """A paired verdict for results.json: its words, outcome, per-seed gains, mean and spread."""
+    return {
+        "verdict": str(verdict),
+        "outcome": verdict.outcome,
+        "gains_by_seed": verdict.gains,
+        "mean_gain": verdict.mean,
+        "std_gain": verdict.std,
+        "unit": verdict.unit,
+    }
+
+
+def seed_summary(values: Mapping[int, float], unit: str = "", digits: int = 1) -> str:
+    """``{seed: value}`` in words: "41.2 ± 0.8 % (mean ± std over 3 seeds)", or the one value."""
+    mean, std = mean_std(list(values.values()))
+    unit = f" {unit}" if unit else ""
+    if len(values) == 1:
+        return f"{mean:.{digits}f}{unit} (one seed)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit} (mean ± std over {len(values)} seeds)"

@@ -291,3 +291,250 @@ def plot_seed_scatter(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparisons over seeds: every seed as a dot, the mean as a large marker
+# ---------------------------------------------------------------------------------------------------
+
+SeedValues = Mapping[int, float]  # {seed: value}
+
+
+def _mean(values: SeedValues) -> float:
+    return float(np.mean(list(values.values())))
+
+
+def plot_seed_values(
+    values: Mapping[str, SeedValues],
+    ylabel: str,
+    title: str = "",
+    x: Mapping[str, float] | None = None,
+    xlabel: str = "",
+    logx: bool = False,
+    connect: Sequence[Sequence[str]] = (),
+    connect_label: str = "",
+    reference: float | None = None,
+) -> Figure:
+    """One point per seed and a large marker at the mean, for each label of ``values``
+    (``{label: {seed: value}}``).
+
+    ``x``: ``{label: position}`` (e.g. trainable parameters, with ``logx``), else one column per
+    label. ``connect``: groups of labels whose means are joined by a dashed line (e.g. the ranks
+    of one method), the first named ``connect_label`` in the legend. ``reference``: a horizontal
+    line (e.g. 0 for delta_m).
+    """
+    labels = list(values)
+    pos = {label: (x[label] if x else k) for k, label in enumerate(labels)}
+    fig = Figure(
+        figsize=(6.5 if x else max(4.0, 1.2 * len(labels) + 1.5), 3.8), layout="constrained"
+    )
+    ax = fig.subplots()
+    for k, group in enumerate(connect):
+        means = [_mean(values[g]) for g in group]
+        name = connect_label if k == 0 and connect_label else None
+        ax.plot([pos[g] for g in group], means, "--", color="grey", label=name)
+    for k, label in enumerate(labels):
+        seeds = list(values[label].values())
+        color = f"C{k % 10}"
+        ax.plot([pos[label]] * len(seeds), seeds, ".", color=color, alpha=0.6, markersize=6)
+        n = len(seeds)
+        ax.plot(
+            pos[label],
+            _mean(values[label]),
+            "D",
+            color=color,
+            markersize=8,
+            label=f"{label} (mean of {n} seed{'s' if n > 1 else ''})",
+        )
+    if reference is not None:
+        ax.axhline(reference, color="black", linewidth=0.8)
+    if x:
+        ax.set_xlabel(xlabel)
+        if logx:
+            ax.set_xscale("log")
+        ax.legend(fontsize=7)
+    else:
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_knob(
+    values: Mapping[str, Mapping[float, SeedValues]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    reference: float | None = None,
+) -> Figure:
+    """A measure against a knob for several methods: ``{method: {knob value: {seed: value}}}``.
+
+    Each seed is a dot (methods slightly apart so that they do not hide each other), each method's
+    means are joined by a line. ``reference``: a horizontal line (e.g. 0 for delta_m).
+    """
+    fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+    ax = fig.subplots()
+    methods = list(values)
+    for k, method in enumerate(methods):
+        knobs = sorted(values[method])
+        shift = 1 + 0.04 * (k - (len(methods) - 1) / 2) if logx else None
+        color = f"C{k % 10}"
+        for knob in knobs:
+            seeds = list(values[method][knob].values())
+            where = (
+                knob * shift
+                if logx
+                else knob + 0.02 * (k - (len(methods) - 1) / 2) * ((max(knobs) - min(knobs)) or 1)
+            )
+            ax.plot([where] * len(seeds), seeds, ".", color=color, alpha=0.6, markersize=6)
+        n = max(len(values[method][knob]) for knob in knobs)
+        ax.plot(
+            knobs,
+            [_mean(values[method][kn]) for kn in knobs],
+            "D-",
+            color=color,
+            markersize=7,
+            label=f"{method} (mean of {n} seed{'s' if n > 1 else ''}; dots: seeds)",
+        )
+    if reference is not None:
+        ax.axhline(reference, color="black", linewidth=0.8)
+    if logx:
+        ax.set_xscale("log", base=2)
+    all_knobs = sorted({kn for per in values.values() for kn in per})
+    ax.set_xticks(all_knobs, [f"{kn:g}" for kn in all_knobs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_lr_sweep(
+    values: Mapping[str, Mapping[float, float]],
+    chosen: Mapping[str, float],
+    ylabels: Mapping[str, str],
+    title: str = "Learning-rate sweep",
+) -> Figure:
+    """One panel per task: the validation metric ``values[task][lr]`` against the learning rate
+    (log scale), with the ``chosen[task]`` learning rate circled."""
+    tasks = list(values)
+    fig = Figure(figsize=(2.8 * len(tasks) + 0.4, 2.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(tasks)))
+    for ax, task in zip(axes, tasks, strict=True):
+        lrs = sorted(values[task])
+        ax.plot(lrs, [values[task][lr] for lr in lrs], "o-")
+        ax.plot(
+            chosen[task],
+            values[task][chosen[task]],
+            "o",
+            markersize=14,
+            mfc="none",
+            color="C3",
+            label="chosen",
+        )
+        ax.set_xscale("log")
+        ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+        ax.minorticks_off()
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(ylabels.get(task, ""))
+        ax.set_title(task, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_trainable_shares(
+    breakdowns: Mapping[str, Mapping[str, int]],
+    title: str = "Trainable parameters by group",
+    order: Sequence[str] = (),
+) -> Figure:
+    """Horizontal stacked bars, one per model: each group's share of the model's trainable
+    parameters (``{model: {group: trainable count}}``), the total at the right. Groups in
+    ``order`` come first; groups no model trains are left out."""
+    used = {g for counts in breakdowns.values() for g, n in counts.items() if n}
+    groups = [g for g in order if g in used] + sorted(used - set(order))
+    models = list(breakdowns)
+    fig = Figure(figsize=(7.5, 1.4 + 0.42 * len(models)), layout="constrained")
+    ax = fig.subplots()
+    left = np.zeros(len(models))
+    totals = np.array([sum(breakdowns[m].values()) for m in models], dtype=float)
+    for k, group in enumerate(groups):
+        share = 100 * np.array([breakdowns[m].get(group, 0) for m in models]) / totals
+        ax.barh(models, share, left=left, label=group, color=f"C{k % 10}")
+        left += share
+    for y, total in enumerate(totals):
+        ax.text(101, y, f"{int(total):,}", va="center", fontsize=7)
+    ax.set_xlim(0, 120)
+    ax.set_xlabel("share of the model's trainable parameters (%); total at the right")
+    ax.set_title(title, fontsize=9)
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4)
+    return fig
+
+
+def plot_cosine_matrices(
+    matrices: Mapping[str, Tensor | np.ndarray],
+    names: Sequence[str],
+    title: str = "",
+    scale: float | None = None,
+) -> Figure:
+    """Task x task cosine heatmaps side by side (``{panel title: (T, T) matrix}``), the diagonal
+    (always 1) blank, every other cell annotated. ``scale``: the colour range ±scale (default the
+    largest off-diagonal value, at least 0.05)."""
+    grids = {}
+    for label, m in matrices.items():
+        grid = np.array(m.detach().cpu().numpy() if isinstance(m, Tensor) else m, dtype=float)
+        np.fill_diagonal(grid, np.nan)
+        grids[label] = grid
+    if scale is None:
+        scale = max(0.05, *(np.nanmax(np.abs(g)) for g in grids.values()))
+    fig = Figure(figsize=(3.2 * len(grids) + 1.0, 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(grids)))
+    for ax, (label, grid) in zip(axes, grids.items(), strict=True):
+        image = ax.imshow(grid, cmap="coolwarm", vmin=-scale, vmax=scale)
+        for (i, j), v in np.ndenumerate(grid):
+            if i != j:
+                ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_title(label, fontsize=9)
+    fig.colorbar(image, ax=list(axes), label=f"cosine (colour scale ±{scale:.2f})")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_adapter_placement(
+    has_task_branch: np.ndarray,
+    blocks: Sequence[str],
+    targets: Sequence[str],
+    n_tasks: int,
+) -> Figure:
+    """Where MTLoRA's adapters sit: a (target, block) grid, task-agnostic LoRA everywhere and
+    task-specific branches where ``has_task_branch`` (targets x blocks, bool) is true; blocks are
+    named "stage.block" and a thick line separates the stages."""
+    fig = Figure(figsize=(8, 2.8), layout="constrained")
+    ax = fig.subplots()
+    colors = ["#9ecae1", "#e6550d"]
+    ax.imshow(np.asarray(has_task_branch, dtype=float), cmap=ListedColormap(colors), vmin=0, vmax=1)
+    ax.set_xticks(range(len(blocks)), blocks)
+    ax.set_yticks(range(len(targets)), targets)
+    stages = [b.split(".")[0] for b in blocks]
+    for k in range(1, len(blocks)):
+        if stages[k] != stages[k - 1]:
+            ax.axvline(k - 0.5, color="black", linewidth=2)
+    ax.set_xlabel("block (stage.block)")
+    ax.set_ylabel("adapted linear layer")
+    ax.set_title("Where MTLoRA's adapters sit in the course Swin")
+    labels = ["TA-LoRA only", f"TA-LoRA + TS-LoRA ({n_tasks} task branches)"]
+    ax.legend(
+        handles=[Patch(color=c, label=s) for c, s in zip(colors, labels, strict=True)],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.35),
+        ncol=2,
+    )
+    return fig
