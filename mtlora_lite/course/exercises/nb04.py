@@ -6,7 +6,7 @@
    (section 2, before the derivation).
 3. ``head_gradients(x, g, A, w, s)``: derive them, dL/dB_i for every head (section 2, then
    compared with autograd).
-4. ``head_cosine(B)``: the mean pairwise cosine of the heads (section 5).
+4. ``head_cosine(B)``: the mean pairwise cosine of the heads (section 2, after the gradients).
 5. ``router_entropy(w)``: how evenly the router spreads tokens, in nats (section 4).
 """
 
