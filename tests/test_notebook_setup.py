@@ -17,7 +17,7 @@ from mtlora_lite.course.notebook import INSTALL_CELL, setup
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-USES_SETUP = ("00", "04", "05", "06", "07")  # the notebooks already on the shared set-up
+USES_SETUP = ("00", "01", "02", "03", "04", "05", "06", "07")  # notebooks on the shared set-up
 
 
 def _install_cells(path: Path) -> list[str]:

@@ -2,11 +2,11 @@
 
 1. ``multitask_loss(preds, targets, tasks, weights)``: the weighted sum of task losses one
    multi-task step minimises (section 3).
-2. ``gradient_cosines(grads)``: the (T, T) cosines between task gradients (section 5, before the
+2. ``gradient_cosines(grads)``: the (T, T) cosines between task gradients (section 6, before the
    heatmaps).
 3. ``first_order_change(grads, task, lr)``: to first order, how much one step on the summed loss
-   changes one task's loss (section 5, the equation).
-4. ``pcgrad(g_i, g_j)``: PCGrad's projection of a conflicting gradient (section 5, after the
+   changes one task's loss (section 6, the equation).
+4. ``pcgrad(g_i, g_j)``: PCGrad's projection of a conflicting gradient (section 6, after the
    cosines: one fix for conflicts).
 """
 

@@ -8,7 +8,7 @@
 3. ``pareto_front(points)``: the methods no other beats on both parameters and Delta_m
    (section 5).
 4. ``task_output_after_merge(...)``: a task's output once the shared update is folded into W
-   (section 6).
+   (section 7).
 """
 
 from __future__ import annotations
