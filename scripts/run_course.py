@@ -9,9 +9,10 @@ with SOLUTIONS = True: every exercise checks its reference solution, and a faili
 the run.
 
 Threads. Before the first notebook, the runner chooses how many CPU threads the notebook kernels
-use (``thread_settings``): it counts the cores other programs keep busy (the 1-minute load
-average, rounded) and gives the kernels the rest, at least one, with ``OMP_WAIT_POLICY=PASSIVE``
-so that a waiting thread sleeps instead of spinning on a core another program needs. On a
+use (``thread_settings``): it counts the cores other programs keep busy (on Linux the CPU
+time they used over the last 2 seconds, from /proc/stat; elsewhere the 1-minute load average,
+which still counts a job that ended a minute ago), rounded, and gives the kernels the rest, at
+least one, with ``OMP_WAIT_POLICY=PASSIVE`` so that a waiting thread sleeps instead of spinning on a core another program needs. On a
 2-core machine with one core busy, a training step with 2 spinning threads took 3.2x its idle
 time, with passive threads 1.5x and with one thread 1.3x. ``OMP_NUM_THREADS`` or
 ``OMP_WAIT_POLICY`` set by you are kept as they are.
@@ -37,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def thread_settings(cores: int, load: float, env: Mapping[str, str]) -> dict[str, str]:
     """The thread variables to set for the notebook kernels on a machine with ``cores`` CPU
-    cores and a 1-minute load average ``load`` (module docstring), leaving out any that ``env``
-    (the user's environment) already sets.
+    cores of which other programs keep ``load`` busy (``busy_cores``; module docstring), leaving
+    out any that ``env`` (the user's environment) already sets.
 
     ``OMP_NUM_THREADS`` = ``cores`` minus the cores in use (``load`` rounded half up), at least 1;
     ``OMP_WAIT_POLICY`` = "PASSIVE".
@@ -48,18 +49,43 @@ def thread_settings(cores: int, load: float, env: Mapping[str, str]) -> dict[str
     return {name: value for name, value in chosen.items() if name not in env}
 
 
+def busy_between(before: str, after: str, cores: int) -> float:
+    """Cores busy between two readings of /proc/stat's first line ("cpu user nice system idle
+    iowait irq softirq steal ..."): ``cores`` times the share of CPU time not idle or waiting."""
+    first, second = ([int(v) for v in line.split()[1:9]] for line in (before, after))
+    delta = [b - a for a, b in zip(first, second, strict=True)]
+    total = sum(delta)
+    if total <= 0:
+        return 0.0
+    return cores * (1.0 - (delta[3] + delta[4]) / total)
+
+
+def busy_cores(cores: int, seconds: float = 2.0) -> tuple[float, str]:
+    """How many cores other programs keep busy now, and how it was measured: from /proc/stat
+    over ``seconds`` where it exists (Linux), else the 1-minute load average, else 0 (idle)."""
+    stat = Path("/proc/stat")
+    try:
+        before = stat.read_text().splitlines()[0]
+        time.sleep(seconds)
+        after = stat.read_text().splitlines()[0]
+        return busy_between(before, after, cores), f"over the last {seconds:g} s"
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        return os.getloadavg()[0], "1-minute load average"
+    except (AttributeError, OSError):  # no load average (Windows): take the machine as idle
+        return 0.0, "not measurable, taken as idle"
+
+
 def apply_thread_settings(env: MutableMapping[str, str] = os.environ) -> str:
     """Set ``thread_settings`` for this machine in ``env`` (the kernels inherit it); return a
     line that says what was chosen."""
     cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average (Windows): take the machine as idle
-        load = 0.0
-    env.update(thread_settings(cores, load, env))
+    busy, how = busy_cores(cores) if "OMP_NUM_THREADS" not in env else (0.0, "not measured")
+    env.update(thread_settings(cores, busy, env))
     return (
         f"threads: OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
-        f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']} ({cores} cores, load average {load:.2f})"
+        f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']} ({cores} cores, {busy:.2f} busy, {how})"
     )
 
 

@@ -52,21 +52,33 @@ def test_what_the_user_set_is_kept() -> None:
 
 def test_apply_sets_the_environment_the_kernels_inherit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run_course.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(run_course.os, "getloadavg", lambda: (1.2, 0.8, 0.5))
+    monkeypatch.setattr(run_course, "busy_cores", lambda cores: (1.2, "measured"))
     env: dict[str, str] = {"PATH": "/bin"}
     line = run_course.apply_thread_settings(env)
     assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    assert "OMP_NUM_THREADS=1" in line and "load average 1.20" in line
+    assert "OMP_NUM_THREADS=1" in line and "1.20 busy" in line
 
 
-def test_without_a_load_average_the_machine_counts_as_idle(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def unavailable() -> tuple[float, float, float]:
-        raise OSError("no load average here")
+def test_busy_cores_are_the_share_of_cpu_time_not_idle() -> None:
+    before = "cpu  100 0 100 700 100 0 0 0 0 0"
+    # 1000 ticks pass: 300 user, 200 system, 400 idle, 100 iowait -> half the time busy
+    after = "cpu  400 0 300 1100 200 0 0 0 0 0"
+    assert run_course.busy_between(before, after, 2) == pytest.approx(1.0)
+    assert run_course.busy_between(before, before, 4) == 0.0  # no time passed: idle
+    idle = "cpu  100 0 100 1700 100 0 0 0 0 0"
+    assert run_course.busy_between(before, idle, 8) == 0.0
 
-    monkeypatch.setattr(run_course.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(run_course.os, "getloadavg", unavailable)
-    env: dict[str, str] = {}
-    run_course.apply_thread_settings(env)
-    assert env["OMP_NUM_THREADS"] == "4"
+
+def test_busy_cores_fall_back_to_the_load_average(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_course, "Path", lambda _: run_course.ROOT / "no-such-stat-file")
+    monkeypatch.setattr(run_course.os, "getloadavg", lambda: (0.7, 0.5, 0.4))
+    assert run_course.busy_cores(2, seconds=0) == (0.7, "1-minute load average")
+
+
+def test_a_user_thread_count_is_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(cores: int) -> tuple[float, str]:
+        raise AssertionError("measured although OMP_NUM_THREADS was set")
+
+    monkeypatch.setattr(run_course, "busy_cores", refuse)
+    env = {"OMP_NUM_THREADS": "3"}
+    assert "OMP_NUM_THREADS=3" in run_course.apply_thread_settings(env)
