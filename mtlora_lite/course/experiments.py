@@ -102,7 +102,7 @@ _DENSE_LR = (
     ("mtlora", 2e-3),
     ("lora", 4e-3),
 )
-FULL_LRS = (1e-3, 2e-3, 4e-3)  # the learning-rate sweep of the single-task references
+FULL_LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)  # the learning-rate sweep of the single-task references
 
 # Sized so that notebooks 01-03 (56 dense runs over three seeds) take about 10 min on 2 idle CPU
 # cores (two runs at a time, see run_dense_many): 64 steps of 16 scenes, each scene seen once.
