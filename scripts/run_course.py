@@ -4,13 +4,13 @@
     python scripts/run_course.py --profile smoke    # quick pass (what the tests run)
 
 Executed copies go to outputs/executed/, each notebook's figures and results.json to
-outputs/<notebook>/ (both git-ignored). Stops at the first failing notebook. The notebooks run
+outputs/<notebook>/ (both git-ignored; ``outputs/`` is under ``$MTLORA_LITE_HOME`` if set). Stops at the first failing notebook. The notebooks run
 with SOLUTIONS = True: every exercise checks its reference solution, and a failing check fails
 the run.
 
 Threads. Before the first notebook, the runner chooses how many CPU threads the notebook kernels
 use (``thread_settings``): it counts the cores other programs keep busy (on Linux the CPU
-time they used over the last 2 seconds, from /proc/stat; elsewhere the 1-minute load average,
+time they used over the last second, from /proc/stat; elsewhere the 1-minute load average,
 which still counts a job that ended a minute ago), rounded, and gives the kernels the rest, at
 least one, with ``OMP_WAIT_POLICY=PASSIVE`` so that a waiting thread sleeps instead of spinning on a core another program needs. On a
 2-core machine with one core busy, a training step with 2 spinning threads took 3.2x its idle
@@ -32,6 +32,7 @@ from pathlib import Path
 import papermill as pm
 
 from mtlora_lite import resolve_device
+from mtlora_lite.course.notebook import course_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def busy_between(before: str, after: str, cores: int) -> float:
     return cores * (1.0 - (delta[3] + delta[4]) / total)
 
 
-def busy_cores(cores: int, seconds: float = 2.0) -> tuple[float, str]:
+def busy_cores(cores: int, seconds: float = 1.0) -> tuple[float, str]:
     """How many cores other programs keep busy now, and how it was measured: from /proc/stat
     over ``seconds`` where it exists (Linux), else the 1-minute load average, else 0 (idle)."""
     stat = Path("/proc/stat")
@@ -97,7 +98,8 @@ def run(profile: str, device: str, only: list[str]) -> int:
         print("no notebooks to run", file=sys.stderr)
         return 1
     print(apply_thread_settings(), flush=True)
-    executed = ROOT / "outputs" / "executed"
+    outputs = course_root(ROOT) / "outputs"  # $MTLORA_LITE_HOME/outputs if set, as the notebooks
+    executed = outputs / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     summary = []
     for i, nb in enumerate(notebooks, 1):
@@ -114,7 +116,7 @@ def run(profile: str, device: str, only: list[str]) -> int:
             progress_bar=False,
         )
         seconds = time.perf_counter() - start
-        results_path = ROOT / "outputs" / nb.stem / "results.json"
+        results_path = outputs / nb.stem / "results.json"
         headline = (
             json.loads(results_path.read_text()).get("headline", {})
             if results_path.exists()

@@ -107,7 +107,7 @@ FULL_LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)  # the learning-rate sweep of the sing
 # Sized so that notebooks 01-03 (56 dense runs over three seeds) take about 10 min on 2 idle CPU
 # cores (two runs at a time, see run_dense_many): 64 steps of 16 scenes, each scene seen once.
 DENSE_RECIPES = {
-    "smoke": Recipe(n_train=64, n_val=32, batch_size=32, epochs=1, lr=_DENSE_LR, warmup=0.2),
+    "smoke": Recipe(n_train=32, n_val=16, batch_size=16, epochs=1, lr=_DENSE_LR, warmup=0.2),
     "course": Recipe(n_train=1024, n_val=256, batch_size=16, epochs=1, lr=_DENSE_LR, warmup=0.2),
 }
 # The mixture's single epoch (96 steps) needs a larger step than the dense recipes: for plain
@@ -116,7 +116,7 @@ DENSE_RECIPES = {
 # whatever enlarges the effective step (a higher rank, a router-free sum of heads) wins.
 _MIXTURE_LR = (("lora", 8e-3), ("multihead", 8e-3))
 MIXTURE_RECIPES = {
-    "smoke": Recipe(n_train=64, n_val=48, batch_size=32, epochs=1, lr=_MIXTURE_LR),
+    "smoke": Recipe(n_train=32, n_val=24, batch_size=16, epochs=1, lr=_MIXTURE_LR),
     "course": Recipe(n_train=3072, n_val=768, batch_size=32, epochs=1, lr=_MIXTURE_LR),
 }
 
