@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,6 @@ def test_an_unwritable_checkpoint_dir_fails_before_training(
     assert info.value.errno == errno.ENOSPC and steps.steps == []
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_tensorboard_folder_that_cannot_be_written_fails_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -65,10 +65,15 @@ def test_a_tensorboard_folder_that_cannot_be_written_fails_before_training(
     def full(self: object, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    died: list[BaseException | None] = []  # what ended TensorBoard's writer thread
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
     monkeypatch.setattr(record_writer.RecordWriter, "write", full)  # the disk fills up
     with pytest.raises(OSError, match=r"TensorBoardLogger cannot write to .*logs: No space left"):
         fit(TwoHeads(), TASKS, loaders()[0], callbacks=[tb, steps], progress=False)
     assert steps.steps == []
+    with pytest.raises(OSError, match="No space left"):  # close() waits for the thread's end
+        tb.close()
+    assert [getattr(e, "errno", None) for e in died] == [errno.ENOSPC]
 
 
 def test_an_empty_validation_loader_fails_before_training() -> None:
