@@ -42,6 +42,12 @@ def test_dense_run_is_cached_by_its_spec(tmp_path: Path) -> None:
     assert again.cached and again.primary == first.primary and again.loss_curve == first.loss_curve
     other = _smoke_dense("shared_lora", tmp_path, shared_rank=4)
     assert not other.cached  # a different option is a different run
+    # the capacity knob of notebooks 02 / 03: the shared rank scales only the TA-LoRA group
+    grown = {
+        g: other.breakdown[g]["trainable"] - first.breakdown[g]["trainable"]
+        for g in first.breakdown
+    }
+    assert {g for g, d in grown.items() if d} == {"ta_lora"} and grown["ta_lora"] > 0
     assert len(load_results(tmp_path)) == 2
 
 
